@@ -675,9 +675,9 @@ def eval_only(settings, training_args, model, tokenizer, eval_set) -> int:
     return 0
 
 
-def train(settings, training_args, model_args, model, tokenizer, train_set, eval_set) -> int:
-    interrupt = SaveOnInterrupt()
-    trainer = GSM8KGRPOTrainer(
+def build_trainer(settings, training_args, model_args, model, tokenizer, train_set, eval_set, callbacks=()):
+    """The trainer of a run; benchmarks/step_time.py builds the same one."""
+    return GSM8KGRPOTrainer(
         model=model,
         reward_funcs=[function for function, _ in rewards.REWARDS],
         args=training_args,
@@ -685,9 +685,14 @@ def train(settings, training_args, model_args, model, tokenizer, train_set, eval
         eval_dataset=eval_set,
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
-        callbacks=[interrupt],
+        callbacks=list(callbacks),
         completion_samples_every=settings.completion_samples_every,
     )
+
+
+def train(settings, training_args, model_args, model, tokenizer, train_set, eval_set) -> int:
+    interrupt = SaveOnInterrupt()
+    trainer = build_trainer(settings, training_args, model_args, model, tokenizer, train_set, eval_set, [interrupt])
     if trainer.accelerator.is_main_process:
         print(f"TensorBoard: tensorboard --logdir {training_args.output_dir}")
     if settings.eval_before_and_after and not settings.resume:
