@@ -235,8 +235,9 @@ def parse_settings(argv: list[str]) -> tuple[ScriptSettings, GRPOConfig, ModelCo
     if modes.eval_only and "eval_samples" not in cli_keys:
         layers.append({"eval_samples": None})  # --eval_only scores the whole test split unless told otherwise
     if not torch.cuda.is_available():
-        layers.append({"bf16": False, "dtype": "float32"})  # bf16 autocast and bitsandbytes bf16 compute need a GPU
-        sources |= {"bf16": "no GPU", "dtype": "no GPU"}
+        # bf16 autocast and bitsandbytes bf16 compute need a GPU; use_cpu makes torchrun's processes one CPU group
+        layers.append({"use_cpu": True, "bf16": False, "dtype": "float32"})
+        sources |= {"use_cpu": "no GPU", "bf16": "no GPU", "dtype": "no GPU"}
     for layer in layers:
         parser.set_defaults(**layer)
 
