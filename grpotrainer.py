@@ -319,6 +319,8 @@ def load_split(settings: ScriptSettings, split: str) -> Dataset:
 
 
 def load_local(files: list[Path]) -> Dataset:
+    if all(file.stat().st_size == 0 for file in files):
+        raise SettingsError(f"dataset file {files[0]} is empty")
     builder = "parquet" if files[0].suffix == ".parquet" else "json"
     try:
         return load_dataset(builder, data_files=[str(file) for file in files], split="train")

@@ -341,7 +341,11 @@ def test_eval_only_bad_input_is_one_line_and_exit_2(capsys, tmp_path):
     other = Qwen3Config(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                         num_attention_heads=2, num_key_value_heads=1, head_dim=16)  # fmt: skip
     get_peft_model(Qwen3ForCausalLM(other), LoraConfig(target_modules="all-linear")).save_pretrained(tmp_path / "other")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "test.jsonl").write_text("")
     cases = {
+        ("--dataset_name", empty): "test.jsonl is empty",
         ("--adapter", tmp_path / "other"): "does not fit the model",
         ("--adapter", tmp_path / "missing"): "holds no adapter_config.json",
         ("--eval_samples", 100000): "the test split holds only 64 questions",
