@@ -428,18 +428,38 @@ def attach_adapter(model, adapter: str):
 # Evaluation: greedy pass@1 on GSM8K test questions, scored by rewards.py like the training completions
 
 
-def generate_greedy(model, tokenizer, prompts, max_new_tokens, batch_size, chat_template_kwargs) -> list[dict]:
-    """Batched greedy generation, shortest prompts first so each batch pads little; results in the input order."""
+GENERATION_PATHS = {
+    False: "transformers generate: batched, greedy, left-padded",
+    True: "transformers continuous batching (generate_batch), greedy",
+}
+
+
+def generate_greedy(model, tokenizer, prompts, max_new_tokens, batch_size, chat_template_kwargs, continuous_batching):
+    """Greedy completions in the input order: continuous batching when the run uses it for training (faster on a
+    GPU when answer lengths vary), else batched `generate` with the shortest prompts first so each batch pads little."""
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True, **chat_template_kwargs) for p in prompts]  # fmt: skip
     eos_ids = model.generation_config.eos_token_id
     eos_ids = set(eos_ids if isinstance(eos_ids, list) else [eos_ids or tokenizer.eos_token_id])
     config = GenerationConfig(
         do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=list(eos_ids)
     )
+    show_progress = PartialState().is_local_main_process
+    if continuous_batching:
+        prompt_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+        outputs = model.generate_batch(prompt_ids, generation_config=config, progress_bar=show_progress)
+        generated = [output.generated_tokens for output in outputs.values()]
+    else:
+        generated = generate_in_batches(model, tokenizer, texts, config, batch_size, show_progress)
+    return [
+        {"completion": tokenizer.decode(ids, skip_special_tokens=True), "truncated": not eos_ids.intersection(ids)}
+        for ids in generated
+    ]
+
+
+def generate_in_batches(model, tokenizer, texts, config, batch_size, show_progress) -> list[list[int]]:
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    results = [None] * len(texts)
-    batches = range(0, len(order), batch_size)
-    for start in tqdm(batches, desc="evaluating", disable=not PartialState().is_local_main_process, leave=False):
+    generated = [None] * len(texts)
+    for start in tqdm(range(0, len(order), batch_size), desc="evaluating", disable=not show_progress, leave=False):
         indices = order[start : start + batch_size]
         inputs = tokenizer(
             [texts[i] for i in indices], return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False
@@ -447,19 +467,24 @@ def generate_greedy(model, tokenizer, prompts, max_new_tokens, batch_size, chat_
         with torch.inference_mode():
             output = model.generate(**inputs, generation_config=config)
         for i, ids in zip(indices, output[:, inputs["input_ids"].shape[1] :].tolist()):
-            ended = any(token in eos_ids for token in ids)
-            results[i] = {"completion": tokenizer.decode(ids, skip_special_tokens=True), "truncated": not ended}
-    return results
+            generated[i] = ids
+    return generated
 
 
-def evaluate_gsm8k(model, tokenizer, examples: Dataset, max_new_tokens, batch_size, chat_template_kwargs):
+def evaluate_gsm8k(model, tokenizer, examples, max_new_tokens, batch_size, chat_template_kwargs, continuous_batching):
     """Rows (one per question) and a summary; each process generates a share, every process gets all rows."""
     state = PartialState()
     was_training = model.training
     model.eval()
     with state.split_between_processes(list(range(len(examples)))) as shard:
         generated = generate_greedy(
-            model, tokenizer, [examples[i]["prompt"] for i in shard], max_new_tokens, batch_size, chat_template_kwargs
+            model,
+            tokenizer,
+            [examples[i]["prompt"] for i in shard],
+            max_new_tokens,
+            batch_size,
+            chat_template_kwargs,
+            continuous_batching,
         )
     model.train(was_training)
     generated = gather_object(generated)
@@ -475,7 +500,7 @@ def evaluate_gsm8k(model, tokenizer, examples: Dataset, max_new_tokens, batch_si
             "formatted": rewards.is_formatted(result["completion"]),
             "truncated": result["truncated"],
         })  # fmt: skip
-    return rows, summarise(rows)
+    return rows, summarise(rows) | {"generation": GENERATION_PATHS[continuous_batching]}
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -495,7 +520,6 @@ def summarise(rows: list[dict]) -> dict:
         "accuracy_ci95": wilson_interval(correct, n),
         "format_rate": sum(row["formatted"] for row in rows) / n,
         "truncated_rate": sum(row["truncated"] for row in rows) / n,
-        "generation": "transformers generate: batched, greedy, left-padded",
     }
 
 
@@ -504,7 +528,7 @@ def describe(summary: dict) -> str:
     return (
         f"GSM8K accuracy (greedy pass@1) {summary['accuracy']:.1%} [95% CI {low:.1%}-{high:.1%}] on "
         f"{summary['questions']} questions; in '#### <number>' format {summary['format_rate']:.1%}; "
-        f"truncated at max_completion_length {summary['truncated_rate']:.1%}"
+        f"truncated at max_completion_length {summary['truncated_rate']:.1%}; generated by {summary['generation']}"
     )
 
 
@@ -605,6 +629,7 @@ class GSM8KGRPOTrainer(GRPOTrainer):
                     self.args.max_completion_length,
                     self.args.per_device_eval_batch_size,
                     self.chat_template_kwargs,
+                    self.args.use_transformers_continuous_batching,
                 )
             rows, summary = self.evaluations[step]
             if self.accelerator.is_main_process:
@@ -670,6 +695,7 @@ def eval_only(settings, training_args, model, tokenizer, eval_set) -> int:
         training_args.max_completion_length,
         training_args.per_device_eval_batch_size,
         training_args.chat_template_kwargs,
+        training_args.use_transformers_continuous_batching,
     )
     summary |= {"model": settings.model_name, "adapter": settings.adapter}
     if PartialState().is_main_process:

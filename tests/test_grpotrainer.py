@@ -329,6 +329,15 @@ def test_eval_only_prints_the_accuracy_of_its_rows_and_is_deterministic(tmp_path
     assert (tmp_path / "a-2" / "eval_results.jsonl").is_file() and again == rows
 
 
+def test_eval_with_continuous_batching_gives_the_same_answers(tmp_path):
+    _, batched, summary = eval_only("--eval_samples", 8, "--output_dir", tmp_path / "a")
+    _, continuous, cb_summary = eval_only(
+        "--eval_samples", 8, "--use_transformers_continuous_batching", "true", "--output_dir", tmp_path / "b"
+    )
+    assert continuous == batched
+    assert summary["generation"] != cb_summary["generation"] and "continuous" in cb_summary["generation"]
+
+
 def test_eval_only_with_the_adapter_of_a_smoke_run(smoke_run, tmp_path):
     result, rows, summary = eval_only("--adapter", smoke_run[0] / "final", "--output_dir", tmp_path / "e")
     assert len(rows) == 64 and summary["adapter"] == str(smoke_run[0] / "final")
