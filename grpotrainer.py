@@ -279,13 +279,17 @@ def report_settings(settings, training_args, model_args, sources) -> None:
         resolved[key] = getattr(next(obj for obj in (settings, training_args, model_args) if hasattr(obj, key)), key)
     lines = [f"  {key}: {value}" + (f"    ({sources[key]})" if key in sources else "") for key, value in resolved.items()]
     print("settings (grpotrainer.py < config file < --smoke < command line):\n" + "\n".join(lines))
-    saved = {
+    saved = all_settings(settings, training_args, model_args)
+    Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(training_args.output_dir) / "settings.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+
+
+def all_settings(settings, training_args, model_args) -> dict:
+    return {
         "script": dataclasses.asdict(settings),
         "training": json.loads(training_args.to_json_string()),
         "model": dataclasses.asdict(model_args),
     }
-    Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(training_args.output_dir) / "settings.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
