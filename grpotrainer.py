@@ -86,7 +86,7 @@ CONSTANT_KEYS = {
 }  # fmt: skip
 COMMAND_LINE_ONLY = {"config", "smoke", "eval_only", "adapter", "resume"}
 # Library names of settings that this script names differently, so that each setting has one name.
-RENAMED = {"beta": "kl_coef", "model_name_or_path": "model_name"}
+RENAMED = {"beta": "kl_coef", "model_name_or_path": "model_name", "eval_on_start": "eval_before_and_after"}
 
 
 def smoke_preset() -> dict:
@@ -96,8 +96,8 @@ def smoke_preset() -> dict:
         dataset_name=str(SMOKE_DIR / "gsm8k"),
         dataset_config=None,
         output_dir="outputs/smoke",
-        max_steps=40,
-        learning_rate=2e-3,
+        max_steps=80,
+        learning_rate=5e-3,
         lr_scheduler_type="constant",
         warmup_steps=0,
         per_device_train_batch_size=16,
@@ -106,8 +106,8 @@ def smoke_preset() -> dict:
         temperature=1.0,
         max_completion_length=16,
         logging_steps=2,
-        save_steps=20,
-        eval_steps=20,
+        save_steps=40,
+        eval_steps=40,
         eval_samples=16,
         per_device_eval_batch_size=16,
         completion_samples_every=5,
@@ -257,6 +257,7 @@ def parse_settings(argv: list[str]) -> tuple[ScriptSettings, GRPOConfig, ModelCo
     training_args.beta = settings.kl_coef
     model_args.model_name_or_path = settings.model_name
     training_args.chat_template_kwargs = {"enable_thinking": settings.enable_thinking}
+    training_args.eval_on_start = settings.eval_before_and_after and not settings.resume  # once TensorBoard is up
     if training_args.reward_weights is None:
         training_args.reward_weights = [weight for _, weight in rewards.REWARDS]
     return settings, training_args, model_args, sources
@@ -580,7 +581,7 @@ class GSM8KGRPOTrainer(GRPOTrainer):
     def __init__(self, *args, completion_samples_every: int, **kwargs):
         super().__init__(*args, **kwargs)
         self.completion_samples_every = completion_samples_every
-        self.evaluations = {}  # global step -> (rows, summary)
+        self.evaluations = {}  # global step -> metrics, so the final evaluation does not repeat the last scheduled one
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)  # gathered
@@ -624,22 +625,21 @@ class GSM8KGRPOTrainer(GRPOTrainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
         """Greedy accuracy on the fixed test slice; TRL's own evaluation would sample at training temperature."""
         step = self.state.global_step
-        if step not in self.evaluations:
-            with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as model:
-                self.evaluations[step] = evaluate_gsm8k(
-                    model,
-                    self.processing_class,
-                    eval_dataset if eval_dataset is not None else self.eval_dataset,
-                    self.args.max_completion_length,
-                    self.args.per_device_eval_batch_size,
-                    self.chat_template_kwargs,
-                    self.args.use_transformers_continuous_batching,
-                )
-            rows, summary = self.evaluations[step]
-            if self.accelerator.is_main_process:
-                write_eval(Path(self.args.output_dir) / "eval" / f"step-{step}", rows, summary)
-                print(f"step {step}: {describe(summary)}")
-        summary = self.evaluations[step][1]
+        if step in self.evaluations:
+            return self.evaluations[step]
+        with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as model:
+            rows, summary = evaluate_gsm8k(
+                model,
+                self.processing_class,
+                eval_dataset if eval_dataset is not None else self.eval_dataset,
+                self.args.max_completion_length,
+                self.args.per_device_eval_batch_size,
+                self.chat_template_kwargs,
+                self.args.use_transformers_continuous_batching,
+            )
+        if self.accelerator.is_main_process:
+            write_eval(Path(self.args.output_dir) / "eval" / f"step-{step}", rows, summary)
+            print(f"\nstep {step}: {describe(summary)}")
         metrics = {
             f"{metric_key_prefix}_{name}": summary[name] for name in ("accuracy", "format_rate", "truncated_rate")
         }
@@ -647,6 +647,7 @@ class GSM8KGRPOTrainer(GRPOTrainer):
         self.log(metrics)
         self.model.train()
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        self.evaluations[step] = metrics
         return metrics
 
 
@@ -728,8 +729,6 @@ def train(settings, training_args, model_args, model, tokenizer, train_set, eval
     trainer = build_trainer(settings, training_args, model_args, model, tokenizer, train_set, eval_set, [interrupt])
     if trainer.accelerator.is_main_process:
         print(f"TensorBoard: tensorboard --logdir {training_args.output_dir}")
-    if settings.eval_before_and_after and not settings.resume:
-        trainer.evaluate()
     trainer.train(resume_from_checkpoint=get_last_checkpoint(training_args.output_dir) if settings.resume else None)
     if interrupt.interrupted:
         if trainer.accelerator.is_main_process:
