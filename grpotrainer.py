@@ -563,10 +563,10 @@ def compare(before: list[dict], after: list[dict]) -> dict:
 
 def describe_comparison(result: dict) -> str:
     low, high = result["difference_ci95"]
-    verdict = "outside" if result["significant"] else "inside"
+    verdict = "a real change (the interval excludes 0)" if result["significant"] else "within noise (the interval includes 0)"  # fmt: skip
     return (
         f"before {result['before']:.1%} -> after {result['after']:.1%} on {result['questions']} test questions: "
-        f"{result['difference']:+.1%} [95% CI {low:+.1%} to {high:+.1%}], noise band {verdict}"
+        f"{result['difference']:+.1%} [95% CI {low:+.1%} to {high:+.1%}], {verdict}"
     )
 
 

@@ -271,7 +271,7 @@ def test_smoke_run_measures_accuracy_before_and_after(smoke_run):
     after = [json.loads(line) for line in (out / "eval" / "step-80" / "eval_results.jsonl").open()]
     assert comparison["before"] == sum(r["correct"] for r in before) / len(before)
     assert comparison["after"] == sum(r["correct"] for r in after) / len(after)
-    assert "before " in stdout and "noise band" in stdout
+    assert "before 0.0% -> after" in stdout and "the interval" in stdout
 
 
 def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tmp_path):
