@@ -191,6 +191,10 @@ def check_values(values: dict) -> None:
         raise SettingsError("kl_coef must be 0 (no KL term) or positive")
     if values["eval_samples"] is not None and values["eval_samples"] < 1:
         raise SettingsError("eval_samples must be at least 1 (leave it unset to evaluate the whole test split)")
+    weights = values["reward_weights"]
+    if weights is not None and len(weights) != len(rewards.REWARDS):
+        names = ", ".join(function.__name__ for function, _ in rewards.REWARDS)
+        raise SettingsError(f"reward_weights needs {len(rewards.REWARDS)} numbers, one per reward in order: {names}")
     if values["adapter"] and not values["eval_only"]:
         raise SettingsError("--adapter is for --eval_only: training always starts a new adapter (or --resume)")
     if values["use_vllm"] and values["load_in_4bit"]:
@@ -775,9 +779,12 @@ def main(argv: list[str]) -> int:
         if settings.adapter:
             model = attach_adapter(model, settings.adapter)
 
-        training_args.output_dir = claim_output_dir(training_args.output_dir, settings.resume)
+        requested = training_args.output_dir
+        training_args.output_dir = claim_output_dir(requested, settings.resume)
         state.wait_for_everyone()  # every process chose the folder before the main process creates it
         if state.is_main_process:
+            if training_args.output_dir != requested:
+                print(f"{requested} holds an earlier run, kept as it is: this run writes to {training_args.output_dir}")
             report_settings(settings, training_args, model_args, sources)
             if not torch.cuda.is_available() and not settings.smoke:
                 print("warning: no CUDA GPU: running on the CPU, where a full-size model is very slow")

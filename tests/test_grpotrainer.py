@@ -95,6 +95,7 @@ def test_settings_eval_only_scores_the_whole_split_unless_told():
         (["--eval_samples", "0"], "eval_samples must be at least 1"),
         (["--use_vllm", "true"], "4-bit loading with vLLM generation is broken upstream: set load_in_4bit: false"),
         (["--adapter", "x"], "--adapter is for --eval_only"),
+        (["--reward_weights", "0.5", "0.5"], "reward_weights needs 4 numbers, one per reward in order: format_reward"),
         (["--config", "/no/such.yaml"], "config file /no/such.yaml does not exist"),
         (["--model_name", "./no-such-model"], "model path ./no-such-model does not exist"),
         (["stray"], "unexpected argument 'stray'"),
@@ -330,8 +331,9 @@ def test_eval_only_prints_the_accuracy_of_its_rows_and_is_deterministic(tmp_path
     assert f"GSM8K accuracy (greedy pass@1) {accuracy:.1%}" in first.stdout
     for row in rows:
         assert row["correct"] == rewards.answers_match(row["extracted"], row["gold"])
-    _, again, _ = eval_only("--eval_samples", 24, "--output_dir", tmp_path / "a")  # same folder: goes to a-2
+    second, again, _ = eval_only("--eval_samples", 24, "--output_dir", tmp_path / "a")  # same folder: goes to a-2
     assert (tmp_path / "a-2" / "eval_results.jsonl").is_file() and again == rows
+    assert f"{tmp_path / 'a'} holds an earlier run, kept as it is: this run writes to {tmp_path / 'a-2'}" in second.stdout
 
 
 def test_eval_with_continuous_batching_gives_the_same_answers(tmp_path):
