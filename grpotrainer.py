@@ -85,8 +85,14 @@ CONSTANT_KEYS = {
     "enable_thinking", "eval_samples", "eval_before_and_after",
 }  # fmt: skip
 COMMAND_LINE_ONLY = {"config", "smoke", "eval_only", "adapter", "resume"}
-# Library names of settings that this script names differently, so that each setting has one name.
-RENAMED = {"beta": "kl_coef", "model_name_or_path": "model_name", "eval_on_start": "eval_before_and_after"}
+# Library names of settings that this script names differently, so that each setting has one name
+# (GRPOTrainer ignores resume_from_checkpoint in its config: it would silently start afresh).
+RENAMED = {
+    "beta": "kl_coef",
+    "model_name_or_path": "model_name",
+    "eval_on_start": "eval_before_and_after",
+    "resume_from_checkpoint": "resume",
+}
 
 
 def smoke_preset() -> dict:

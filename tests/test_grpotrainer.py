@@ -118,6 +118,7 @@ def test_batch_not_divisible_by_generations_explains_trls_rule(capsys):
         ("max_steps: 3\nmax_steps: 4\n", "'max_steps' is set twice in the config file (line 1)"),
         ("num_generations: 8\n", "'num_generations' cannot be set in"),
         ("smoke: true\n", "'smoke' cannot be set in"),
+        ("resume_from_checkpoint: true\n", "'resume_from_checkpoint' is called 'resume' here"),
         ("max_steps: [1, 2\n", "is not valid YAML"),
         ("- max_steps\n", "must be a mapping"),
     ],
