@@ -393,7 +393,11 @@ def load_tokenizer(model_args: ModelConfig, training_args: GRPOConfig):
             trust_remote_code=training_args.trust_remote_code,
         )
     except (OSError, ValueError) as error:
-        raise SettingsError(f"could not load model '{model_args.model_name_or_path}': {str(error).splitlines()[0]}")
+        raise model_load_error(model_args.model_name_or_path, error) from None
+
+
+def model_load_error(name: str, error: Exception) -> SettingsError:
+    return SettingsError(f"could not load model '{name}': {str(error).strip().splitlines()[0]}")
 
 
 def load_model(model_args: ModelConfig, training_args: GRPOConfig):
@@ -412,7 +416,7 @@ def load_model(model_args: ModelConfig, training_args: GRPOConfig):
             trust_remote_code=training_args.trust_remote_code,
         )
     except (OSError, ValueError) as error:
-        raise SettingsError(f"could not load model '{model_args.model_name_or_path}': {str(error).splitlines()[0]}")
+        raise model_load_error(model_args.model_name_or_path, error) from None
     keep_cpu_4bit_weights_trainable(model)
     return model
 
@@ -436,7 +440,7 @@ def attach_adapter(model, adapter: str):
     try:
         return PeftModel.from_pretrained(model, adapter)
     except (RuntimeError, ValueError, KeyError) as error:
-        raise SettingsError(f"adapter {adapter} does not fit the model: {str(error).strip().splitlines()[-1]}")
+        raise SettingsError(f"adapter {adapter} does not fit the model: {str(error).strip().splitlines()[-1]}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -481,7 +485,7 @@ def generate_in_batches(model, tokenizer, texts, config, batch_size, show_progre
         ).to(model.device)
         with torch.inference_mode():
             output = model.generate(**inputs, generation_config=config)
-        for i, ids in zip(indices, output[:, inputs["input_ids"].shape[1] :].tolist()):
+        for i, ids in zip(indices, output[:, inputs["input_ids"].shape[1] :].tolist(), strict=True):
             generated[i] = ids
     return generated
 
@@ -504,7 +508,7 @@ def evaluate_gsm8k(model, tokenizer, examples, max_new_tokens, batch_size, chat_
     model.train(was_training)
     generated = gather_object(generated)
     rows = []
-    for example, result in zip(examples, generated):
+    for example, result in zip(examples, generated, strict=True):
         extracted = rewards.extract_answer(result["completion"])
         rows.append({
             "question": example["question"],
@@ -557,8 +561,8 @@ def write_eval(folder: Path, rows: list[dict], summary: dict) -> None:
 def compare(before: list[dict], after: list[dict]) -> dict:
     """Paired difference on the same questions, with its 95% interval (the questions' discordant pairs)."""
     n = len(before)
-    gained = sum(not b["correct"] and a["correct"] for b, a in zip(before, after))
-    lost = sum(b["correct"] and not a["correct"] for b, a in zip(before, after))
+    gained = sum(not b["correct"] and a["correct"] for b, a in zip(before, after, strict=True))
+    lost = sum(b["correct"] and not a["correct"] for b, a in zip(before, after, strict=True))
     difference = (gained - lost) / n
     half = 1.96 * math.sqrt(max(gained + lost - (gained - lost) ** 2 / n, 0.0)) / n
     return {
@@ -765,6 +769,9 @@ def report_before_and_after(output_dir: Path, last_step: int) -> None:
         print(f"no evaluation before training in {results[0].parent}: nothing to compare with")
         return
     before, after = ([json.loads(line) for line in path.open()] for path in results)
+    if [row["question"] for row in before] != [row["question"] for row in after]:
+        print("the evaluations before and after training scored different questions: not compared")
+        return
     result = compare(before, after)
     (output_dir / "eval_before_after.json").write_text(json.dumps(result, indent=2) + "\n")
     print(describe_comparison(result))
