@@ -802,8 +802,11 @@ def main(argv: list[str]) -> int:
             if not torch.cuda.is_available() and not settings.smoke:
                 print("warning: no CUDA GPU: running on the CPU, where a full-size model is very slow")
         if settings.eval_only:
-            return eval_only(settings, training_args, model, tokenizer, eval_set)
-        return train(settings, training_args, model_args, model, tokenizer, train_set, eval_set)
+            exit_code = eval_only(settings, training_args, model, tokenizer, eval_set)
+        else:
+            exit_code = train(settings, training_args, model_args, model, tokenizer, train_set, eval_set)
+        state.destroy_process_group()  # as Trainer.end() does: a live gloo/NCCL group can abort the exit
+        return exit_code
     except SettingsError as error:
         print(f"grpotrainer.py: error: {error}", file=sys.stderr)
         return 2
