@@ -453,22 +453,27 @@ GENERATION_PATHS = {
 }
 
 
-def generate_greedy(model, tokenizer, prompts, max_new_tokens, batch_size, chat_template_kwargs, continuous_batching):
-    """Greedy completions in the input order: continuous batching when the run uses it for training (faster on a
-    GPU when answer lengths vary), else batched `generate` with the shortest prompts first so each batch pads little."""
+def generate_greedy(model, tokenizer, prompts, args: GRPOConfig) -> list[dict]:
+    """Greedy completions in the input order, as long as the run's training completions may be: continuous batching
+    when the run uses it for training (faster on a GPU when answer lengths vary), else batched `generate` with the
+    shortest prompts first so each batch pads little."""
+    chat_template_kwargs = args.chat_template_kwargs or {}
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True, **chat_template_kwargs) for p in prompts]  # fmt: skip
     eos_ids = model.generation_config.eos_token_id
     eos_ids = set(eos_ids if isinstance(eos_ids, list) else [eos_ids or tokenizer.eos_token_id])
     config = GenerationConfig(
-        do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, eos_token_id=list(eos_ids)
+        do_sample=False,
+        max_new_tokens=args.max_completion_length,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=list(eos_ids),
     )
     show_progress = PartialState().is_local_main_process
-    if continuous_batching:
+    if args.use_transformers_continuous_batching:
         prompt_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
         outputs = model.generate_batch(prompt_ids, generation_config=config, progress_bar=show_progress)
         generated = [output.generated_tokens for output in outputs.values()]
     else:
-        generated = generate_in_batches(model, tokenizer, texts, config, batch_size, show_progress)
+        generated = generate_in_batches(model, tokenizer, texts, config, args.per_device_eval_batch_size, show_progress)
     return [
         {"completion": tokenizer.decode(ids, skip_special_tokens=True), "truncated": not eos_ids.intersection(ids)}
         for ids in generated
@@ -490,21 +495,13 @@ def generate_in_batches(model, tokenizer, texts, config, batch_size, show_progre
     return generated
 
 
-def evaluate_gsm8k(model, tokenizer, examples, max_new_tokens, batch_size, chat_template_kwargs, continuous_batching):
+def evaluate_gsm8k(model, tokenizer, examples: Dataset, args: GRPOConfig):
     """Rows (one per question) and a summary; each process generates a share, every process gets all rows."""
     state = PartialState()
     was_training = model.training
     model.eval()
     with state.split_between_processes(list(range(len(examples)))) as shard:
-        generated = generate_greedy(
-            model,
-            tokenizer,
-            [examples[i]["prompt"] for i in shard],
-            max_new_tokens,
-            batch_size,
-            chat_template_kwargs,
-            continuous_batching,
-        )
+        generated = generate_greedy(model, tokenizer, [examples[i]["prompt"] for i in shard], args)
     model.train(was_training)
     generated = gather_object(generated)
     rows = []
@@ -519,7 +516,7 @@ def evaluate_gsm8k(model, tokenizer, examples, max_new_tokens, batch_size, chat_
             "formatted": rewards.is_formatted(result["completion"]),
             "truncated": result["truncated"],
         })  # fmt: skip
-    return rows, summarise(rows) | {"generation": GENERATION_PATHS[continuous_batching]}
+    return rows, summarise(rows) | {"generation": GENERATION_PATHS[args.use_transformers_continuous_batching]}
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -642,15 +639,8 @@ class GSM8KGRPOTrainer(GRPOTrainer):
         if step in self.evaluations:
             return self.evaluations[step]
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as model:
-            rows, summary = evaluate_gsm8k(
-                model,
-                self.processing_class,
-                eval_dataset if eval_dataset is not None else self.eval_dataset,
-                self.args.max_completion_length,
-                self.args.per_device_eval_batch_size,
-                self.chat_template_kwargs,
-                self.args.use_transformers_continuous_batching,
-            )
+            examples = eval_dataset if eval_dataset is not None else self.eval_dataset
+            rows, summary = evaluate_gsm8k(model, self.processing_class, examples, self.args)
         if self.accelerator.is_main_process:
             write_eval(Path(self.args.output_dir) / "eval" / f"step-{step}", rows, summary)
             print(f"\nstep {step}: {describe(summary)}")
@@ -707,15 +697,7 @@ def build_smoke_assets() -> None:
 
 
 def eval_only(settings, training_args, model, tokenizer, eval_set) -> int:
-    rows, summary = evaluate_gsm8k(
-        model,
-        tokenizer,
-        eval_set,
-        training_args.max_completion_length,
-        training_args.per_device_eval_batch_size,
-        training_args.chat_template_kwargs,
-        training_args.use_transformers_continuous_batching,
-    )
+    rows, summary = evaluate_gsm8k(model, tokenizer, eval_set, training_args)
     summary |= {"model": settings.model_name, "adapter": settings.adapter}
     if PartialState().is_main_process:
         write_eval(Path(training_args.output_dir), rows, summary)
