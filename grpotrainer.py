@@ -28,12 +28,17 @@ import dataclasses
 import difflib
 import json
 import importlib.util
+import logging
 import math
 import os
 import signal
 import sys
 import tempfile
 from pathlib import Path
+
+# bitsandbytes warns at import that a kernel for its CPU inference repack is missing; keep_cpu_4bit_weights_trainable
+# turns that repack off, so the warning is noise that would stand beside every one-line error.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 import torch
 import yaml
