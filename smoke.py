@@ -1,8 +1,9 @@
-"""Offline assets for `grpotrainer.py --smoke`: a tiny random Qwen3 model and a synthetic GSM8K.
+"""`grpotrainer.py --smoke`: its settings preset and its offline assets, a tiny random Qwen3 model and a synthetic GSM8K.
 
 The smoke run exercises the whole training pipeline without network or GPU, so it needs a model
 and a dataset that are built locally in seconds:
 
+- `preset()` is the settings layer `--smoke` applies; `build_assets()` builds both assets under `SMOKE_DIR`.
 - `build_tiny_model(path)` writes a random `Qwen3ForCausalLM` with a small byte-level BPE tokenizer
   trained on GSM8K-style text and a Qwen-style ChatML chat template.
 - `write_synthetic_gsm8k(folder)` writes `train.jsonl` and `test.jsonl` in GSM8K's schema.
@@ -15,11 +16,51 @@ import hashlib
 import json
 import os
 import random
+import tempfile
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+SMOKE_DIR = Path(tempfile.gettempdir()) / "grpotrainer-smoke"
+
+
+def preset() -> dict:
+    """`--smoke`: the whole pipeline on a tiny random Qwen3 and synthetic GSM8K, sized to visibly learn in a minute."""
+    return dict(
+        model_name=str(SMOKE_DIR / "model"),
+        dataset_name=str(SMOKE_DIR / "gsm8k"),
+        dataset_config=None,
+        output_dir="outputs/smoke",
+        max_steps=80,
+        learning_rate=5e-3,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        per_device_train_batch_size=16,
+        gradient_accumulation_steps=1,
+        num_generations=8,
+        temperature=1.0,
+        max_completion_length=16,
+        logging_steps=2,
+        save_steps=40,
+        eval_steps=40,
+        eval_samples=16,
+        per_device_eval_batch_size=16,
+        completion_samples_every=5,
+        lora_r=16,
+        lora_alpha=32,
+        lora_dropout=0.0,
+    )
+
+
+def build_assets() -> None:
+    """The smoke model and data under SMOKE_DIR; under several processes the main one builds, the others reuse."""
+    with PartialState().main_process_first():
+        build_tiny_model(SMOKE_DIR / "model")
+        write_synthetic_gsm8k(SMOKE_DIR / "gsm8k")
+
 
 PAD_TOKEN = "<|endoftext|>"
 IM_START = "<|im_start|>"

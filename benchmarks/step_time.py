@@ -46,6 +46,7 @@ from transformers import AutoTokenizer, GenerationConfig, Qwen3Config, Qwen3ForC
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import grpotrainer  # noqa: E402
+import smoke  # noqa: E402
 
 VARIANTS = {  # name -> grpotrainer.py flags
     "default": [],
@@ -79,7 +80,7 @@ def build_random_qwen3(size: str) -> Path:
     marker = folder / "bench_build.json"
     if marker.is_file() and json.loads(marker.read_text()) == QWEN3_SHAPES[size]:
         return folder
-    tokenizer = AutoTokenizer.from_pretrained(grpotrainer.SMOKE_DIR / "model")
+    tokenizer = AutoTokenizer.from_pretrained(smoke.SMOKE_DIR / "model")
     config = Qwen3Config(
         **QWEN3_SHAPES[size],
         vocab_size=151936,
@@ -178,7 +179,7 @@ class StepTimer(TrainerCallback):
 def grpotrainer_flags(size: str, steps: int, output_dir: str, variant: str, extra: list[str]) -> list[str]:
     model = ["--smoke"]
     if size != "smoke":
-        model = ["--model_name", str(random_model_dir(size)), "--dataset_name", str(grpotrainer.SMOKE_DIR / "gsm8k")]
+        model = ["--model_name", str(random_model_dir(size)), "--dataset_name", str(smoke.SMOKE_DIR / "gsm8k")]
     quiet = [
         "--eval_strategy", "no", "--eval_before_and_after", "false", "--report_to", "none", "--save_strategy", "no",
     ]  # fmt: skip
@@ -188,14 +189,10 @@ def grpotrainer_flags(size: str, steps: int, output_dir: str, variant: str, extr
 def run_worker(options, extra: list[str]) -> None:
     output_dir = tempfile.mkdtemp(prefix="step_time-")
     flags = grpotrainer_flags(options.model_size, options.steps, output_dir, options.worker, extra)
-    settings, training_args, model_args, _ = grpotrainer.parse_settings(flags)
-    grpotrainer.build_smoke_assets()
-    tokenizer = grpotrainer.load_tokenizer(model_args, training_args)
-    train_set = grpotrainer.prepare(grpotrainer.load_split(settings, "train"))
-    model = grpotrainer.load_model(model_args, training_args)
+    run = grpotrainer.read_settings(flags)
     timer = StepTimer()
     # the trainer grpotrainer.train() builds, without evaluation
-    trainer = grpotrainer.build_trainer(settings, training_args, model_args, model, tokenizer, train_set, None, [timer])
+    trainer = grpotrainer.build_trainer(run, grpotrainer.load_inputs(run), [timer])
     timer.instrument(trainer)
     trainer.train()
     shutil.rmtree(output_dir, ignore_errors=True)
@@ -215,7 +212,7 @@ def run_worker(options, extra: list[str]) -> None:
         "load_average_1min_at_end": os.getloadavg()[0],  # other work on a shared machine skews the figures
         "steps": timer.steps,
         "grpotrainer_flags": flags,
-        "settings": grpotrainer.all_settings(settings, training_args, model_args),
+        "settings": run.as_dict(),
     }
     Path(options.result).write_text(json.dumps(result, indent=2, default=str))
 
@@ -289,7 +286,7 @@ def main(argv: list[str]) -> int:
         print(f"step_time.py: error: --model-size {options.model_size} needs a CUDA GPU: on the CPU its steps "
               f"would take hours (use --model-size smoke)", file=sys.stderr)  # fmt: skip
         return 2
-    grpotrainer.build_smoke_assets()
+    smoke.build_assets()
     if options.model_size != "smoke":
         build_random_qwen3(options.model_size)
     host = machine()

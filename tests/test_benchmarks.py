@@ -2,23 +2,21 @@
 
 import json
 import math
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+from conftest import ENV, REPO
+
 COLUMNS = ["variant", "median step s", "generation %", "log-prob %", "update %", "gen tok/s", "peak GPU GiB", "peak host GiB", "status"]  # fmt: skip
 
 
 def step_time(*args) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "step_time.py"), *args],
-        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300,
+        cwd=REPO, env=ENV | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
 
 

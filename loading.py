@@ -1,0 +1,151 @@
+"""Loading: GSM8K splits as chat prompts (from the hub, a folder or one file), the tokenizer, and the 4-bit model with
+an optional LoRA adapter. What cannot be loaded is an InputError: one line and exit code 2."""
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from datasets import Dataset, load_dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import GRPOConfig, ModelConfig, get_quantization_config
+
+import rewards
+from settings import InputError
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Data: GSM8K from the hub or a local folder/file, as conversational prompts with a ground_truth column
+
+
+def looks_like_path(name: str) -> bool:
+    """A hub id is 'name' or 'owner/name'; anything else is a local path that must exist."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).suffix in (".jsonl", ".json", ".parquet")
+
+
+def load_split(name: str, config: str | None, split: str) -> Dataset:
+    """One split of a local folder (train.jsonl/test.jsonl or parquet), a single local file, or a hub dataset."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        files = sorted(path.glob(f"{split}.jsonl")) + sorted(path.glob(f"{split}*.parquet"))
+        if not files:
+            raise InputError(f"dataset folder {name} has no {split}.jsonl or {split}*.parquet")
+        dataset = load_local(files)
+    elif path.is_file():
+        if path.suffix not in (".jsonl", ".json", ".parquet"):
+            raise InputError(f"dataset file {name} must be .jsonl or .parquet")
+        dataset = load_local([path])
+    elif looks_like_path(name):
+        raise InputError(f"dataset path {name} does not exist")
+    else:
+        try:
+            dataset = load_dataset(name, config, split=split)
+        except Exception as error:  # the hub's many errors: offline, unknown repo, unknown config or split
+            raise InputError(
+                f"could not load dataset '{name}' split '{split}' from the hub ({type(error).__name__}); "
+                f"offline, point --dataset_name at a folder with train.jsonl and test.jsonl"
+            ) from None
+    return check_columns(dataset, name)
+
+
+def load_local(files: list[Path]) -> Dataset:
+    if all(file.stat().st_size == 0 for file in files):
+        raise InputError(f"dataset file {files[0]} is empty")
+    builder = "parquet" if files[0].suffix == ".parquet" else "json"
+    try:
+        return load_dataset(builder, data_files=[str(file) for file in files], split="train")
+    except Exception as error:  # malformed lines or columns
+        raise InputError(f"could not read {files[0]}: {type(error).__name__}") from None
+
+
+def check_columns(dataset: Dataset, name: str) -> Dataset:
+    missing = [column for column in ("question", "answer") if column not in dataset.column_names]
+    if missing:
+        raise InputError(f"dataset {name} has no '{missing[0]}' column (it has: {', '.join(dataset.column_names)})")
+    if len(dataset) == 0:
+        raise InputError(f"dataset {name} is empty")
+    return dataset
+
+
+def to_chat_prompts(dataset: Dataset, prompt: str, limit: int | None = None) -> Dataset:
+    """The first `limit` rows (all if None) with a conversational `prompt` (TRL applies the model's chat template)
+    built from `prompt`'s {question}, and the `ground_truth` that the rewards read."""
+    if limit is not None:
+        if limit > len(dataset):
+            raise InputError(f"eval_samples is {limit}, but the test split holds only {len(dataset)} questions")
+        dataset = dataset.select(range(limit))
+    return dataset.map(
+        lambda example: {
+            "prompt": [{"role": "user", "content": prompt.format(question=example["question"])}],
+            "ground_truth": rewards.parse_ground_truth(example["answer"]),
+        }
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Model: QLoRA (4-bit NF4 base, LoRA adapter) through trl.ModelConfig's settings
+
+
+def attention_implementation(model_args: ModelConfig) -> str:
+    if model_args.attn_implementation:
+        return model_args.attn_implementation
+    # flash-attn is optional: it is built from source against the CUDA toolkit
+    return "flash_attention_2" if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") else "sdpa"
+
+
+def model_load_error(name: str, error: Exception) -> InputError:
+    return InputError(f"could not load model '{name}': {str(error).strip().splitlines()[0]}")
+
+
+def load_tokenizer(model_args: ModelConfig, training_args: GRPOConfig):
+    name = model_args.model_name_or_path
+    if looks_like_path(name) and not Path(name).expanduser().exists():
+        raise InputError(f"model path {name} does not exist")
+    try:
+        return AutoTokenizer.from_pretrained(
+            name, revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code
+        )
+    except (OSError, ValueError) as error:
+        raise model_load_error(name, error) from None
+
+
+def load_model(model_args: ModelConfig, training_args: GRPOConfig):
+    quantization_config = get_quantization_config(model_args)
+    device_map = None
+    if quantization_config is not None and torch.cuda.is_available():
+        device_map = {"": PartialState().local_process_index}  # 4-bit weights load straight onto this process's GPU
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            model_args.model_name_or_path,
+            revision=model_args.model_revision,
+            dtype=model_args.dtype,
+            attn_implementation=attention_implementation(model_args),
+            quantization_config=quantization_config,
+            device_map=device_map,
+            trust_remote_code=training_args.trust_remote_code,
+        )
+    except (OSError, ValueError) as error:
+        raise model_load_error(model_args.model_name_or_path, error) from None
+    keep_cpu_4bit_weights_trainable(model)
+    return model
+
+
+def keep_cpu_4bit_weights_trainable(model) -> None:
+    """bitsandbytes 0.50 repacks a CPU 4-bit weight for inference the first time its layer runs in eval mode, and the
+    repacked kernel has no backward: training after an evaluation would silently lose the gradient through every
+    frozen base layer. Keep the trainable layout (GPUs never repack)."""
+    from bitsandbytes.nn import Linear4bit
+
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+def attach_adapter(model, adapter: str):
+    from peft import PeftModel
+
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise InputError(f"adapter folder {adapter} does not exist or holds no adapter_config.json")
+    try:
+        return PeftModel.from_pretrained(model, adapter)
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise InputError(f"adapter {adapter} does not fit the model: {str(error).strip().splitlines()[-1]}") from None

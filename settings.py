@@ -1,0 +1,258 @@
+"""Settings: the constants at the top of grpotrainer.py < config.yaml < presets (--smoke, --eval_only, no GPU) < the
+command line, resolved into TRL's GRPOConfig and ModelConfig plus this script's own settings.
+
+Every mistake is an InputError, which grpotrainer.py reports as one line with exit code 2 before anything is loaded or
+any folder is created. The resolved settings are printed with where each came from and saved in the run's folder.
+"""
+
+import dataclasses
+import difflib
+import json
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import yaml
+from transformers import HfArgumentParser
+from transformers.trainer_utils import get_last_checkpoint
+from trl import GRPOConfig, ModelConfig
+
+import rewards
+import smoke
+
+
+class InputError(Exception):
+    """Bad input (settings, data, model or adapter paths): reported as one line and exit code 2."""
+
+
+@dataclasses.dataclass
+class ScriptOptions:
+    """The script's settings that are no constant at its top; each constant there adds one more (see script_class)."""
+
+    completion_samples_every: int = dataclasses.field(
+        default=0, metadata={"help": "Write sampled completions to TensorBoard's text tab every N logging steps."}
+    )
+    config: str = dataclasses.field(default="", metadata={"help": "The YAML file of training settings."})
+    smoke: bool = dataclasses.field(default=False, metadata={"help": "Offline run on a tiny model and synthetic data."})
+    eval_only: bool = dataclasses.field(default=False, metadata={"help": "Only measure GSM8K test accuracy."})
+    adapter: str | None = dataclasses.field(default=None, metadata={"help": "A LoRA adapter folder to evaluate."})
+    resume: bool = dataclasses.field(default=False, metadata={"help": "Continue from output_dir's last checkpoint."})
+
+
+COMMAND_LINE_ONLY = {"config", "smoke", "eval_only", "adapter", "resume"}
+# The library's name -> this script's name, so that each setting has one name. The library's name is refused as
+# input and set from ours. (GRPOTrainer ignores resume_from_checkpoint in its config: the trainer is handed it.)
+RENAMED = {
+    "beta": "kl_coef",
+    "model_name_or_path": "model_name",
+    "eval_on_start": "eval_before_and_after",
+    "resume_from_checkpoint": "resume",
+}
+LIBRARY_FIELDS = {field.name for kind in (GRPOConfig, ModelConfig) for field in dataclasses.fields(kind)}
+
+
+class RunSettings(NamedTuple):
+    """Everything a run is told: this script's settings, TRL's two configs, and where each set value came from."""
+
+    script: object  # a script_class() instance
+    training: GRPOConfig
+    model: ModelConfig
+    sources: dict[str, str]
+
+    def value(self, key: str):
+        return getattr(next(part for part in (self.script, self.training, self.model) if hasattr(part, key)), key)
+
+    def as_dict(self) -> dict:
+        return {
+            "script": dataclasses.asdict(self.script),
+            "training": json.loads(self.training.to_json_string()),
+            "model": dataclasses.asdict(self.model),
+        }
+
+
+def script_class(constants: dict, config_file: str) -> type:
+    """One field per constant that GRPOConfig and ModelConfig lack, defaulting to its value (a constant added at the
+    top of grpotrainer.py is a setting with no further edit), then ScriptOptions' fields, --config defaulting to
+    config_file."""
+    own = [
+        (name, (str if value is None else type(value)) | None, dataclasses.field(default=value))
+        for name, value in constants.items()
+        if name not in LIBRARY_FIELDS
+    ]
+    options = [
+        (field.name, field.type, dataclasses.field(default=default, metadata=field.metadata))
+        for field in dataclasses.fields(ScriptOptions)
+        for default in [config_file if field.name == "config" else field.default]
+    ]
+    ScriptSettings = dataclasses.make_dataclass("ScriptSettings", own + options)
+    ScriptSettings.__module__ = __name__
+    return ScriptSettings
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading the layers
+
+
+def did_you_mean(key: str, valid) -> str:
+    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML silently keeps the last of two equal keys; a setting named twice must be an error instead."""
+
+    def construct_mapping(self, node, deep=False):
+        keys = [self.construct_object(key_node, deep=deep) for key_node, _ in node.value]
+        for key in keys:
+            if keys.count(key) > 1:
+                raise InputError(f"'{key}' is set twice in the config file (line {node.start_mark.line + 1})")
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_config_file(path: Path) -> dict:
+    if not path.is_file():
+        raise InputError(f"config file {path} does not exist")
+    try:
+        values = yaml.load(path.read_text(), Loader=UniqueKeyLoader) or {}
+    except yaml.YAMLError as error:
+        raise InputError(f"config file {path} is not valid YAML: {' '.join(str(error).split())}") from None
+    if not isinstance(values, dict):
+        raise InputError(f"config file {path} must be a mapping of 'setting: value' lines")
+    return values
+
+
+def command_line_keys(argv: list[str]) -> list[str]:
+    return [arg[2:].split("=", 1)[0].replace("-", "_") for arg in argv if arg.startswith("--")]
+
+
+def raise_input_error(message: str):
+    raise InputError(message)  # instead of argparse's usage text and exit
+
+
+def check_keys(keys, valid: set[str], where: str, forbidden: set[str] = frozenset(), constants=frozenset()) -> None:
+    seen = set()
+    for key in keys:
+        if key in seen:
+            raise InputError(f"'{key}' is given twice {where}")
+        seen.add(key)
+        if key in RENAMED:
+            raise InputError(f"'{key}' is called '{RENAMED[key]}' here: set that instead")
+        if key in forbidden:
+            home = f"grpotrainer.py ({key.upper()})" if key in constants else "the command line"
+            raise InputError(f"'{key}' cannot be set {where}: its home is {home}, or --{key} on the command line")
+        if key not in valid:
+            raise InputError(f"unknown setting '{key}' {where}{did_you_mean(key, valid)}")
+
+
+def check_values(values: dict) -> None:
+    """The mistakes TRL accepts silently or reports obscurely, checked before anything is loaded."""
+    if values["num_generations"] < 2:
+        raise InputError("num_generations must be at least 2: GRPO compares each completion with its group")
+    if values["temperature"] <= 0:
+        raise InputError("temperature must be above 0: training samples its completions")
+    if values["kl_coef"] < 0:
+        raise InputError("kl_coef must be 0 (no KL term) or positive")
+    if values["eval_samples"] is not None and values["eval_samples"] < 1:
+        raise InputError("eval_samples must be at least 1 (leave it unset to evaluate the whole test split)")
+    weights = values["reward_weights"]
+    if weights is not None and len(weights) != len(rewards.REWARDS):
+        names = ", ".join(function.__name__ for function, _ in rewards.REWARDS)
+        raise InputError(f"reward_weights needs {len(rewards.REWARDS)} numbers, one per reward in order: {names}")
+    if values["adapter"] and not values["eval_only"]:
+        raise InputError("--adapter is for --eval_only: training always starts a new adapter (or --resume)")
+    if values["use_vllm"] and values["load_in_4bit"]:
+        raise InputError(
+            "4-bit loading with vLLM generation is broken upstream: set load_in_4bit: false to train a bf16 LoRA "
+            "with vLLM, or use_vllm: false to keep 4-bit"
+        )
+    processes = int(os.environ.get("WORLD_SIZE", 1))
+    batch, accumulation = values["per_device_train_batch_size"], values["gradient_accumulation_steps"]
+    generation_batch = values["generation_batch_size"] or processes * batch * (
+        values["steps_per_generation"] or accumulation
+    )
+    if generation_batch % values["num_generations"]:
+        raise InputError(
+            f"{processes} process(es) x per_device_train_batch_size {batch} x gradient_accumulation_steps "
+            f"{accumulation} = {generation_batch} completions is not a multiple of num_generations "
+            f"{values['num_generations']}: per_device_train_batch_size counts completions, not questions, and every "
+            f"question needs its full group of num_generations completions"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Resolving them
+
+
+def parse_settings(argv: list[str], constants: dict, config_file: str, script_dir: Path) -> RunSettings:
+    """The run's settings from the command line, the config file (script_dir/config_file unless --config names
+    another) and the constants (lower-case names), with where each set value came from."""
+    ScriptSettings = script_class(constants, config_file)
+    parser = HfArgumentParser((ScriptSettings, GRPOConfig, ModelConfig), allow_abbrev=False)
+    parser.error = raise_input_error
+    valid = {action.dest for action in parser._actions} - {"help"}
+    valid |= {option[2:] for action in parser._actions for option in action.option_strings if option[:5] == "--no_"}
+
+    cli_keys = command_line_keys(argv)
+    check_keys(cli_keys, valid, "on the command line")
+    modes = parser.parse_known_args(argv)[0]  # --config, --smoke and --eval_only decide the layers below
+    config_path = Path(modes.config) if "config" in cli_keys else script_dir / modes.config
+    file_values = read_config_file(config_path)
+    check_keys(file_values, valid, f"in {config_path}", COMMAND_LINE_ONLY | constants.keys(), constants.keys())
+
+    sources = {key: config_path.name for key in file_values}
+    layers = [{key: value for key, value in constants.items() if key in LIBRARY_FIELDS}, file_values]
+    if modes.smoke:
+        layers.append(smoke.preset())
+        sources |= {key: "--smoke" for key in layers[-1]}
+    if modes.eval_only and "eval_samples" not in cli_keys:
+        layers.append({"eval_samples": None})  # --eval_only scores the whole test split unless told otherwise
+        sources["eval_samples"] = "--eval_only"
+    if not torch.cuda.is_available():
+        # bf16 autocast and bitsandbytes bf16 compute need a GPU; use_cpu makes torchrun's processes one CPU group
+        layers.append({"use_cpu": True, "bf16": False, "dtype": "float32"})
+        sources |= {"use_cpu": "no GPU", "bf16": "no GPU", "dtype": "no GPU"}
+    for layer in layers:
+        parser.set_defaults(**layer)
+
+    namespace, unparsed = parser.parse_known_args(argv)
+    if unparsed:
+        raise InputError(f"unexpected argument '{unparsed[0]}': settings are given as --name value")
+    values = vars(namespace)
+    check_values(values)
+    sources |= {key: "command line" for key in cli_keys}
+    try:
+        script, training, model = (
+            kind(**{field.name: values[field.name] for field in dataclasses.fields(kind) if field.init})
+            for kind in (ScriptSettings, GRPOConfig, ModelConfig)
+        )
+    except ValueError as error:  # TRL's and transformers' own checks
+        raise InputError(" ".join(str(error).split())) from None
+    for library_name, name in RENAMED.items():
+        setattr(training if hasattr(training, library_name) else model, library_name, getattr(script, name))
+    training.eval_on_start &= not script.resume  # a resumed run was evaluated at its step 0 already
+    training.chat_template_kwargs = {"enable_thinking": script.enable_thinking}
+    if training.reward_weights is None:
+        training.reward_weights = [weight for _, weight in rewards.REWARDS]
+    return RunSettings(script, training, model, sources)
+
+
+def claim_output_dir(requested: str, resume: bool) -> str:
+    """A run never overwrites an earlier one: an occupied folder gets the next free "-N" suffix."""
+    if resume:
+        if Path(requested).is_dir() and get_last_checkpoint(requested):
+            return requested
+        raise InputError(f"--resume: no checkpoint-* folder in {requested} to continue from")
+    candidates = [requested] + [f"{requested}-{n}" for n in range(2, 10_000)]
+    return next(path for path in candidates if not Path(path).exists() or not any(Path(path).iterdir()))
+
+
+def report_settings(run: RunSettings, constants: dict) -> None:
+    """Print the resolved settings (the constants first, then every other value that was set) and save them all in
+    the output folder as settings.yaml. Call it on the main process."""
+    shown = sorted(constants) + sorted(run.sources.keys() - constants.keys())
+    lines = [f"  {key}: {run.value(key)}" + (f"    ({run.sources[key]})" if key in run.sources else "") for key in shown]
+    print("settings (grpotrainer.py < config file < --smoke < command line):\n" + "\n".join(lines))
+    folder = Path(run.training.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "settings.yaml").write_text(yaml.safe_dump(run.as_dict(), sort_keys=False))

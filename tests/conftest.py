@@ -1,0 +1,53 @@
+"""Shared paths and helpers: the repository, the real GSM8K beside it, running grpotrainer.py as a user does, reading
+its one-line errors and its TensorBoard log, and one smoke run shared by the tests that read what it leaves."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import grpotrainer
+
+REPO = Path(__file__).resolve().parents[1]
+GSM8K = REPO.parent / "shared" / "data" / "gsm8k"
+needs_gsm8k = pytest.mark.skipif(not GSM8K.is_dir(), reason=f"real GSM8K not found at {GSM8K}")
+ENV = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+
+
+def run_script(*args, launcher=(sys.executable,), timeout=1800) -> subprocess.CompletedProcess:
+    """grpotrainer.py in a subprocess; the timeout only catches a hang (a busy 2-core machine is slow, not stuck)."""
+    return subprocess.run(
+        [*launcher, str(REPO / "grpotrainer.py"), *map(str, args)],
+        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def error_line(capsys, argv) -> str:
+    """Run main() in-process on bad input: it must return 2 and say why in one line on stderr."""
+    assert grpotrainer.main(list(map(str, argv))) == 2
+    err = capsys.readouterr().err.strip()  # may also hold the datasets library's progress bars
+    errors = [line for line in err.splitlines() if line.startswith("grpotrainer.py: error: ")]
+    assert errors == [err.splitlines()[-1]] and "Traceback" not in err, err
+    return errors[0]
+
+
+def tensorboard_log(run_dir: Path) -> EventAccumulator:
+    (events,) = run_dir.glob("runs/*/events.out.tfevents.*")  # one log, in the run's own folder
+    return EventAccumulator(str(events.parent)).Reload()
+
+
+def scalars(run_dir: Path) -> dict[str, list[float]]:
+    log = tensorboard_log(run_dir)
+    return {tag: [event.value for event in log.Scalars(tag)] for tag in log.Tags()["scalars"]}
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """One complete `--smoke` run: its output folder and its console output."""
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    result = run_script("--smoke", "--output_dir", out)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out, result.stdout

@@ -1,0 +1,77 @@
+"""loading.py: GSM8K from a folder or one file as chat prompts with their ground truth, one-line errors for data that
+cannot be used, and a CPU 4-bit model whose LoRA gradients survive an evaluation."""
+
+import pytest
+import torch
+from peft import get_peft_model
+from trl import get_peft_config
+
+import grpotrainer
+import loading
+import smoke
+from conftest import GSM8K, error_line, needs_gsm8k
+
+
+@needs_gsm8k
+def test_real_gsm8k_loads_from_a_local_folder_as_chat_prompts_with_ground_truth():
+    train = loading.load_split(str(GSM8K), None, "train")
+    test = loading.to_chat_prompts(loading.load_split(str(GSM8K), None, "test"), grpotrainer.PROMPT, limit=3)
+    assert len(train) == 7473 and len(test) == 3
+    first = test[0]
+    assert first["prompt"][0]["role"] == "user" and first["question"] in first["prompt"][0]["content"]
+    assert "####" in first["prompt"][0]["content"] and first["ground_truth"] == "18"
+
+
+@needs_gsm8k
+def test_a_single_jsonl_file_is_a_dataset_too():
+    assert len(loading.load_split(str(GSM8K / "test.jsonl"), None, "train")) == 1319
+
+
+def test_asking_for_more_questions_than_the_split_holds_is_an_error():
+    rows = loading.load_split(str(smoke.write_synthetic_gsm8k(smoke.SMOKE_DIR / "gsm8k")), None, "test")
+    with pytest.raises(loading.InputError, match=f"eval_samples is 1000, but the test split holds only {len(rows)}"):
+        loading.to_chat_prompts(rows, grpotrainer.PROMPT, limit=1000)
+
+
+def test_bad_dataset_is_one_line_and_exit_2_and_leaves_no_output_folder(capsys, tmp_path):
+    no_column = tmp_path / "no_column"
+    no_column.mkdir()
+    (no_column / "train.jsonl").write_text('{"query": "1+1?", "answer": "#### 2"}\n')
+    (no_column / "test.jsonl").write_text('{"query": "1+1?", "answer": "#### 2"}\n')
+    no_test = tmp_path / "no_test"
+    no_test.mkdir()
+    (no_test / "train.jsonl").write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    out = tmp_path / "out"
+    cases = {
+        tmp_path / "missing": "does not exist",
+        tmp_path / "missing.jsonl": "does not exist",
+        no_column: "has no 'question' column",
+        no_test: "has no test.jsonl",
+    }
+    for dataset, message in cases.items():
+        assert message in error_line(capsys, ["--smoke", "--dataset_name", dataset, "--output_dir", out])
+    assert not out.exists()
+
+
+def lora_gradients(run, evaluate_first: bool):
+    torch.manual_seed(0)
+    model = get_peft_model(loading.load_model(run.model, run.training), get_peft_config(run.model))
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.1)  # non-zero, so gradients flow back through every layer
+    ids = torch.arange(2, 34).view(2, 16)
+    if evaluate_first:
+        model.eval()
+        model.generate(ids, max_new_tokens=2, do_sample=False)
+        model.train()
+    model(input_ids=ids, labels=ids).loss.backward()
+    return torch.cat([p.grad.flatten() for n, p in model.named_parameters() if "layers.0." in n and p.grad is not None])
+
+
+def test_cpu_4bit_lora_gradients_are_the_same_after_an_evaluation():
+    """bitsandbytes 0.50 would repack CPU 4-bit weights into a layout without backward after an eval-mode pass."""
+    smoke.build_assets()
+    run = grpotrainer.read_settings(["--smoke"])
+    before = lora_gradients(run, evaluate_first=False)
+    after = lora_gradients(run, evaluate_first=True)
+    assert torch.allclose(before, after, atol=1e-3), (before - after).abs().max()

@@ -1,0 +1,144 @@
+"""settings.py: constants < config.yaml < presets < command line, the library's renamed names, every mistake as one
+line with exit code 2, and output folders that never overwrite an earlier run."""
+
+import dataclasses
+
+import pytest
+import yaml
+
+import grpotrainer
+import rewards
+import settings
+import smoke
+from conftest import error_line
+
+
+def test_constants_feed_the_library_configs():
+    run = grpotrainer.read_settings([])
+    assert run.training.beta == grpotrainer.KL_COEF and run.training.num_generations == grpotrainer.NUM_GENERATIONS
+    assert run.training.temperature == grpotrainer.TEMPERATURE and run.training.output_dir == grpotrainer.OUTPUT_DIR
+    assert run.model.model_name_or_path == grpotrainer.MODEL_NAME and run.model.load_in_4bit
+    assert run.training.chat_template_kwargs == {"enable_thinking": grpotrainer.ENABLE_THINKING}
+    assert run.training.reward_weights == [weight for _, weight in rewards.REWARDS]
+    assert "tensorboard" in run.training.report_to
+
+
+def test_every_constant_is_a_setting_of_its_lower_case_name():
+    assert set(grpotrainer.CONSTANTS) == {
+        "model_name", "dataset_name", "dataset_config", "num_generations", "kl_coef", "temperature", "output_dir",
+        "enable_thinking", "eval_samples", "eval_before_and_after",
+    }  # fmt: skip
+    run = grpotrainer.read_settings([])
+    for name, value in grpotrainer.CONSTANTS.items():
+        assert run.value(name) == value, name
+
+
+def test_a_new_constant_is_a_setting_with_no_other_edit(tmp_path):
+    (tmp_path / "c.yaml").write_text("max_steps: 3\n")
+    constants = grpotrainer.CONSTANTS | {"reward_note": "first try", "max_grad_norm": 0.5}  # ours, and TRL's
+    run = settings.parse_settings(["--reward_note", "second"], constants, "c.yaml", tmp_path)
+    assert run.script.reward_note == "second" and run.training.max_grad_norm == 0.5
+    (tmp_path / "c.yaml").write_text("reward_note: x\n")
+    with pytest.raises(settings.InputError, match=r"its home is grpotrainer.py \(REWARD_NOTE\)"):
+        settings.parse_settings([], constants, "c.yaml", tmp_path)
+
+
+def test_config_file_is_read_and_command_line_wins(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("learning_rate: 3.0e-4\nmax_steps: 7\nlora_r: 4\n")
+    run = grpotrainer.read_settings(["--config", str(config), "--max_steps=9"])
+    assert (run.training.learning_rate, run.training.max_steps, run.model.lora_r) == (3e-4, 9, 4)
+    assert run.sources["learning_rate"] == "c.yaml" and run.sources["max_steps"] == "command line"
+
+
+def test_smoke_is_a_preset_that_flags_override():
+    run = grpotrainer.read_settings(["--smoke", "--max_steps", "2", "--kl_coef", "0.1"])
+    assert run.training.max_steps == 2 and run.training.beta == 0.1
+    assert run.script.model_name == str(smoke.SMOKE_DIR / "model")
+    assert run.training.learning_rate == smoke.preset()["learning_rate"]
+
+
+def test_eval_only_scores_the_whole_split_unless_told_and_says_so():
+    run = grpotrainer.read_settings(["--smoke", "--eval_only"])
+    assert run.script.eval_samples is None and run.sources["eval_samples"] == "--eval_only"
+    run = grpotrainer.read_settings(["--eval_only", "--eval_samples", "5"])
+    assert run.script.eval_samples == 5 and run.sources["eval_samples"] == "command line"
+
+
+def test_renamed_library_settings_are_set_from_ours():
+    run = grpotrainer.read_settings(["--kl_coef", "0.2", "--model_name", "Qwen/Qwen3-0.6B", "--resume"])
+    assert run.training.beta == 0.2 and run.model.model_name_or_path == "Qwen/Qwen3-0.6B"
+    assert run.training.resume_from_checkpoint is True
+    assert run.training.eval_on_start is False  # a resumed run was evaluated at its step 0 already
+    assert set(settings.RENAMED.values()) <= {field.name for field in dataclasses.fields(run.script)}
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--learnig_rate", "1e-5"], "unknown setting 'learnig_rate' on the command line (did you mean 'learning_rate'?)"),
+        (["--max_steps", "1", "--max_steps", "2"], "'max_steps' is given twice"),
+        (["--beta", "0.1"], "'beta' is called 'kl_coef'"),
+        (["--max_steps", "abc"], "invalid int value: 'abc'"),
+        (["--num_generations", "1"], "num_generations must be at least 2"),
+        (["--temperature", "0"], "temperature must be above 0"),
+        (["--kl_coef", "-0.1"], "kl_coef must be 0"),
+        (["--eval_samples", "0"], "eval_samples must be at least 1"),
+        (["--use_vllm", "true"], "4-bit loading with vLLM generation is broken upstream: set load_in_4bit: false"),
+        (["--adapter", "x"], "--adapter is for --eval_only"),
+        (["--reward_weights", "0.5", "0.5"], "reward_weights needs 4 numbers, one per reward in order: format_reward"),
+        (["--config", "/no/such.yaml"], "config file /no/such.yaml does not exist"),
+        (["--model_name", "./no-such-model"], "model path ./no-such-model does not exist"),
+        (["stray"], "unexpected argument 'stray'"),
+    ],
+)
+def test_bad_command_line_is_one_line_and_exit_2(capsys, argv, message):
+    assert message in error_line(capsys, argv)
+
+
+def test_batch_not_divisible_by_generations_explains_trls_rule(capsys):
+    err = error_line(capsys, ["--per_device_train_batch_size", "6", "--gradient_accumulation_steps", "1"])
+    assert "= 6 completions is not a multiple of num_generations 4" in err
+    assert "per_device_train_batch_size counts completions, not questions" in err
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("learnig_rate: 1.0e-5\n", "unknown setting 'learnig_rate' in"),
+        ("max_steps: 3\nmax_steps: 4\n", "'max_steps' is set twice in the config file (line 1)"),
+        ("num_generations: 8\n", "'num_generations' cannot be set in"),
+        ("smoke: true\n", "'smoke' cannot be set in"),
+        ("resume_from_checkpoint: true\n", "'resume_from_checkpoint' is called 'resume' here"),
+        ("max_steps: [1, 2\n", "is not valid YAML"),
+        ("- max_steps\n", "must be a mapping"),
+    ],
+)
+def test_bad_config_file_is_one_line_and_exit_2(capsys, tmp_path, text, message):
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    assert message in error_line(capsys, ["--config", config])
+
+
+def test_output_dir_is_never_reused_unless_resuming(tmp_path):
+    first = tmp_path / "run"
+    assert settings.claim_output_dir(str(first), resume=False) == str(first)
+    first.mkdir()
+    assert settings.claim_output_dir(str(first), resume=False) == str(first)  # empty: nothing to lose
+    (first / "settings.yaml").write_text("x")
+    assert settings.claim_output_dir(str(first), resume=False) == f"{first}-2"
+    with pytest.raises(settings.InputError, match="no checkpoint"):
+        settings.claim_output_dir(str(first), resume=True)
+
+
+def test_report_prints_constants_then_what_was_set_with_sources_and_saves_everything(tmp_path, capsys):
+    run = grpotrainer.read_settings(["--smoke", "--output_dir", str(tmp_path / "run")])
+    settings.report_settings(run, grpotrainer.CONSTANTS)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "settings (grpotrainer.py < config file < --smoke < command line):"
+    keys = [line.split(":")[0].strip() for line in lines[1:]]
+    assert keys[: len(grpotrainer.CONSTANTS)] == sorted(grpotrainer.CONSTANTS)
+    assert f"  output_dir: {tmp_path / 'run'}    (command line)" in lines and "  max_steps: 80    (--smoke)" in lines
+    saved = yaml.safe_load((tmp_path / "run" / "settings.yaml").read_text())
+    assert saved == yaml.safe_load(yaml.safe_dump(run.as_dict()))
+    assert saved["training"]["beta"] == grpotrainer.KL_COEF and saved["script"]["smoke"] is True
