@@ -266,17 +266,23 @@ def extract_answer(text: str) -> str | None:
 
 
 def is_formatted(text: str) -> bool:
-    """Whether the last non-empty line is ``#### <number>``, as the training prompt asks.
+    """Whether the text states its final answer once, as the training prompt asks: the last
+    non-empty line is ``#### <number>`` and no "####" comes before it.
 
     Surrounding spaces are fine, and so is any number spelling ``answers_match`` accepts
     (``#### -5``, ``#### $1,234``, ``#### 2.5``, ``#### 1/2``); words are not
-    (``#### 42 apples``, ``#### **42**``), because the prompt asks for a bare number.
+    (``#### 42 apples``, ``#### **42**``), because the prompt asks for a bare number. A repeated
+    or stacked answer line (``#### 7\\n#### 7``, ``#### 5\\n#### 7``) is not the format: a policy
+    that repeats its answer line until the token budget runs out must not be paid for it, and
+    GSM8K's reference solutions state "####" exactly once.
     """
     if not isinstance(text, str):
         return False
     body = text.rstrip()
-    last_line = body[max(body.rfind("\n"), body.rfind("\r")) + 1 :]
-    match = _FINAL_LINE.fullmatch(last_line)
+    line_start = max(body.rfind("\n"), body.rfind("\r")) + 1
+    if body.find("####") < line_start:
+        return False  # no marker at all, or one before the last line
+    match = _FINAL_LINE.fullmatch(body, line_start)
     return match is not None and _match_value(match) is not None
 
 
@@ -452,7 +458,8 @@ def completion_text(completion: object) -> str:
 
 
 def format_reward(completions: list, **kwargs) -> list[float]:
-    """1.0 when the completion ends with the line ``#### <number>`` (see ``is_formatted``)."""
+    """1.0 when the completion states its final answer once, as its last line ``#### <number>``
+    (see ``is_formatted``)."""
     return [float(is_formatted(completion_text(c))) for c in completions]
 
 

@@ -298,6 +298,56 @@ def test_format_reward_scores_each_completion_by_its_final_line():
     assert format_reward(["a\n#### 7", "#### 7\nbye", None]) == [1.0, 0.0, 0.0]
 
 
+# Issue 13: a policy learned to write its working, then its answer line again and again until the token budget ran out.
+WORKING = "She sold 48 clips in April and 48 / 2 = 24 in May, 72 in all.\n"
+
+
+def test_format_reward_pays_in_full_for_one_final_answer_line():
+    assert format_reward([WORKING + "#### 72", WORKING + "#### 72\n"]) == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("repeats", [2, 9, 50])
+def test_is_formatted_rejects_a_repeated_final_answer_line(repeats):
+    assert not is_formatted(WORKING + "#### 72\n" * repeats)
+
+
+@pytest.mark.parametrize("cut", [1, 2])
+def test_is_formatted_rejects_repeated_answer_lines_cut_mid_line(cut):
+    assert not is_formatted((WORKING + "#### 72\n" * 9)[:-cut])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "####\n#### 72",
+        "#### 72\n####\n#### 72",
+        "#### seventy-two\n#### 72",
+        "#### 70\n#### 72",
+        "#### 70\nNo: 48 + 24 = 72.\n#### 72",
+        "I will end with '#### <number>'.\n#### 72",
+    ],
+)
+def test_is_formatted_rejects_any_hash_marker_before_the_final_line(text):
+    assert not is_formatted(text)
+
+
+REPETITIONS = {
+    "answer line x2": WORKING + "#### 72\n" * 2,
+    "answer line x9": WORKING + "#### 72\n" * 9,
+    "answer line x50": WORKING + "#### 72\n" * 50,
+    "answer line x9 cut mid-line": (WORKING + "#### 72\n" * 9)[:-2],
+    "whole solution x9": (WORKING + "#### 72\n") * 9,
+}
+
+
+@pytest.mark.parametrize("text", REPETITIONS.values(), ids=REPETITIONS.keys())
+@pytest.mark.parametrize(
+    "reward_func", [reasoning_reward, answer_present_reward, correctness_reward], ids=lambda f: f.__name__
+)
+def test_other_rewards_do_not_grow_when_the_answer_repeats(reward_func, text):
+    assert score(reward_func, text, gold="72") <= score(reward_func, WORKING + "#### 72", gold="72")
+
+
 # ---------------------------------------------------------------------------------------------
 # reasoning_reward
 
@@ -580,6 +630,28 @@ def test_extracted_answers_are_canonical_and_match_themselves(text):
     if answer is not None:
         assert parse_ground_truth(answer) == answer
         assert answers_match(answer, answer)
+
+
+# A completion in the prompt's format: text without "####", then one final answer line.
+final_lines = st.builds(
+    "{}####{}{}{}".format,
+    st.sampled_from(["", "  "]),
+    st.sampled_from(["", " "]),
+    st.integers(-10**9, 10**9).map(str) | st.sampled_from(["$1,234", "−5", "2.50", "1/2", "50%", ".5", "18."]),
+    st.sampled_from(["", " ", "\n"]),
+)
+formatted = st.tuples(texts.map(lambda text: text.replace("#", "")), final_lines)
+
+
+@PROPERTY_SETTINGS
+@given(formatted)
+def test_appending_another_copy_of_the_final_line_never_raises_a_reward(body_and_line):
+    body, line = body_and_line
+    text = body + "\n" + line
+    repeated = text + "\n" + line
+    assert score(format_reward, text) == 1.0 and score(format_reward, repeated) == 0.0
+    for reward_func in (answer_present_reward, reasoning_reward):
+        assert score(reward_func, repeated) <= score(reward_func, text), reward_func.__name__
 
 
 @st.composite
