@@ -457,10 +457,22 @@ def completion_text(completion: object) -> str:
     return ""
 
 
-def format_reward(completions: list, **kwargs) -> list[float]:
+def _per_completion(column: object, count: int) -> list:
+    """A per-completion keyword argument as a list of ``count`` items, None where one is missing."""
+    items = list(column) if isinstance(column, (list, tuple)) else []
+    return items[:count] + [None] * (count - len(items))
+
+
+def format_reward(completions: list, truncated: list | None = None, **kwargs) -> list[float]:
     """1.0 when the completion states its final answer once, as its last line ``#### <number>``
-    (see ``is_formatted``)."""
-    return [float(is_formatted(completion_text(c))) for c in completions]
+    (see ``is_formatted``), and was not cut at max_completion_length.
+
+    ``truncated`` holds one flag per completion, true where its token ids end without an EOS token.
+    TRL passes reward functions the ids but not the EOS ids, so only the trainer can tell; a missing
+    flag reads as not truncated, and the text alone is scored.
+    """
+    flags = _per_completion(truncated, len(completions))
+    return [float(is_formatted(completion_text(c)) and not cut) for c, cut in zip(completions, flags)]
 
 
 def reasoning_reward(completions: list, **kwargs) -> list[float]:
@@ -479,8 +491,7 @@ def correctness_reward(completions: list, ground_truth: list, **kwargs) -> list[
     ``ground_truth`` is the dataset column of the same name, holding either parsed answers
     ("72") or whole GSM8K solutions ("... #### 72"). A missing entry scores 0.0.
     """
-    golds = list(ground_truth) if isinstance(ground_truth, (list, tuple)) else []
-    golds += [None] * (len(completions) - len(golds))
+    golds = _per_completion(ground_truth, len(completions))
     return [
         float(answers_match(extract_answer(completion_text(c)), parse_ground_truth(gold)))
         for c, gold in zip(completions, golds)

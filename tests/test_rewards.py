@@ -331,6 +331,17 @@ def test_is_formatted_rejects_any_hash_marker_before_the_final_line(text):
     assert not is_formatted(text)
 
 
+def test_format_reward_scores_a_truncated_completion_zero():
+    text = WORKING + "#### 72"
+    assert format_reward([text, text], truncated=[True, False]) == [0.0, 1.0]
+
+
+def test_format_reward_reads_a_missing_truncation_flag_as_not_truncated():
+    text = WORKING + "#### 72"
+    assert format_reward([text, text], truncated=[True]) == [0.0, 1.0]
+    assert format_reward([text], truncated=None) == format_reward([text]) == [1.0]
+
+
 REPETITIONS = {
     "answer line x2": WORKING + "#### 72\n" * 2,
     "answer line x9": WORKING + "#### 72\n" * 9,
