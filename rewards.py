@@ -22,7 +22,7 @@ from functools import lru_cache
 _MAX_DIGITS = 40
 _MAX_NUMBER_CHARS = 64  # a spelled number ("-$1,234,567.89") fits in this many characters
 _MAX_ANSWER_CHARS = 100  # answers_match / parse_ground_truth ignore longer strings
-_WINDOW = 200  # characters read after "####" or "\boxed{"
+_WINDOW = 200  # characters read after "####" or "\boxed{", and the longest final line matched
 _MAX_PHRASES = 8  # mentions of "answer" examined, newest first
 _SATURATION = 2  # distinct equations needed for the full reasoning reward (GSM8K's median is 3)
 _MAX_EQUATIONS = 64  # "=" signs examined per completion
@@ -280,6 +280,8 @@ def is_formatted(text: str) -> bool:
         return False
     body = text.rstrip()
     line_start = max(body.rfind("\n"), body.rfind("\r")) + 1
+    if len(body) - line_start > _WINDOW:
+        return False  # too long for "#### <number>"; the regex would backtrack over all of it
     if body.find("####") < line_start:
         return False  # no marker at all, or one before the last line
     match = _FINAL_LINE.fullmatch(body, line_start)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import subprocess
 import sys
 import time
@@ -582,6 +583,30 @@ def test_long_repetitive_completions_score_within_unit_interval_quickly(text):
         start = time.perf_counter()
         assert 0.0 <= score(reward_func, text, gold="5") <= 1.0
         assert time.perf_counter() - start < 0.5, reward_func.__name__
+
+
+# Issue 9: "#### " then a megabyte of digits or spaces and a letter made the final-line regex backtrack for 90-180 ms.
+MEGABYTE = {
+    "digits after marker, then a letter": "#### " + "9" * 1_000_000 + "a",
+    "spaces after marker, then a letter": "#### " + " " * 1_000_000 + "a",
+    "tabs after marker, then a letter": "####" + "\t" * 1_000_000 + "a",
+    "decimals after marker, then a letter": "#### 1." + "0" * 1_000_000 + "a",
+    "grouped digits after marker, then a letter": "#### " + "1,000" * 200_000 + "a",
+    "spaces after marker, then a number": "#### " + " " * 1_000_000 + "5",
+}
+UP_TO_A_MEGABYTE = PATHOLOGICAL | STRESS | MEGABYTE
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("text", UP_TO_A_MEGABYTE.values(), ids=UP_TO_A_MEGABYTE.keys())
+def test_any_completion_up_to_a_megabyte_is_scored_in_well_under_50_ms(text):
+    for reward_func in REWARD_FUNCS:
+        seconds = []
+        for _ in range(5):
+            start = time.perf_counter()
+            score(reward_func, text)
+            seconds.append(time.perf_counter() - start)
+        assert statistics.median(seconds) < 0.05, reward_func.__name__  # a few ms measured
 
 
 @pytest.mark.timeout(60)
