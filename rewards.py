@@ -5,9 +5,10 @@ every dataset column as a keyword argument, so ``correctness_reward`` reads the 
 the ``ground_truth`` column instead of guessing it.
 
 Bad input (``None``, non-string content, a 1 MB completion, pathological repetitions) scores 0.0
-for that item and never raises. Every regex runs in linear time and every scan of a long text is
-either a C-level ``str.rfind`` or limited to a short window, so one runaway completion cannot
-stall a training step. Standard library only: importing this module is cheap.
+for that item and never raises. Every regex runs in linear time on a bounded window or line, and
+every scan of a long text is a C-level ``str.find`` or ``str.rfind``, so any 1 MB completion
+scores in a few milliseconds and one runaway completion cannot stall a training step. Standard
+library only: importing this module is cheap.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import re
 from collections.abc import Iterator
 from fractions import Fraction
 from functools import lru_cache
+from itertools import islice
 
 # Longest number (digits and decimal point) we take seriously: longer ones are junk, and converting
 # a 10,000-digit string would be slow (Python refuses int() beyond 4,300 digits anyway).
 _MAX_DIGITS = 40
 _MAX_NUMBER_CHARS = 64  # a spelled number ("-$1,234,567.89") fits in this many characters
 _MAX_ANSWER_CHARS = 100  # answers_match / parse_ground_truth ignore longer strings
-_WINDOW = 200  # characters read after "####" or "\boxed{"
+_WINDOW = 200  # characters read after "####", "\boxed{" or "answer"; the longest final line matched
 _MAX_PHRASES = 8  # mentions of "answer" examined, newest first
 _SATURATION = 2  # distinct equations needed for the full reasoning reward (GSM8K's median is 3)
 _MAX_EQUATIONS = 64  # "=" signs examined per completion
@@ -42,8 +44,11 @@ _FINAL_LINE = re.compile(rf"[ \t]*####[ \t]*{_NUMBER}[ \t]*")
 # "the answer is N", "Answer: N", "**Answer:** $N": the number follows at once (maybe after markup).
 # Not "answers", "answered", nor "this answer, and 6 * 7 ...".
 _ANSWER_PHRASE = re.compile(
-    r"(?<!\w)answer\b(?:\s+(?:is|was|would be|will be|equals))?[ \t:=*_$({\[]{0,10}"
+    r"(?<!\w)answer\b(?:\s+(?:is|was|would be|will be|equals))?[ \t:=*_$({\[]{0,10}", re.IGNORECASE
 )
+# The spellings of "answer" looked for: finding these three in a megabyte takes 1-4 ms, while lowering
+# a megabyte of non-ASCII text to find any spelling takes 30 ms (twice that after a think block).
+_ANSWER_WORDS = ("answer", "Answer", "ANSWER")
 
 # LaTeX that models wrap around numbers and arithmetic, rewritten to plain text.
 _LATEX = (
@@ -172,15 +177,22 @@ def _answer_of(match: re.Match | None) -> str | None:
     return None if number is None else _canonical(number)
 
 
+def _answer_in_window(match: re.Match | None) -> str | None:
+    """The answer a number matched within a window spells; None when the number runs on past the
+    window's end, so that only part of it was read."""
+    if match is None:
+        return None
+    text, end = match.string, match.endpos
+    if match.end() == end < len(text) and text[end] in _NUMBER_CHARS:
+        return None
+    return _answer_of(match)
+
+
 def _number_on_line(text: str, start: int) -> str | None:
     """The first number on the line from ``start``, read within a short window."""
     end = min(len(text), start + _WINDOW)
     newline = text.find("\n", start, end)
-    end = end if newline == -1 else newline
-    match = _NUMBER_IN_TEXT.search(text, start, end)
-    if match is not None and match.end() == end < len(text) and text[end] in _NUMBER_CHARS:
-        return None  # the number runs on past the window
-    return _answer_of(match)
+    return _answer_in_window(_NUMBER_IN_TEXT.search(text, start, end if newline == -1 else newline))
 
 
 def _after_hash_marker(text: str) -> str | None:
@@ -203,17 +215,25 @@ def _in_last_box(text: str) -> str | None:
     return None
 
 
+def _answer_mentions(text: str) -> Iterator[int]:
+    """Where "answer", "Answer" or "ANSWER" starts, last first. Each spelling's search resumes
+    where it last stopped, so the whole text is scanned about three times."""
+    found = {word: text.rfind(word) for word in _ANSWER_WORDS}
+    while (mention := max(found.values())) != -1:
+        yield mention
+        word = text[mention : mention + len("answer")]
+        found[word] = text.rfind(word, 0, mention)
+
+
 def _after_answer_phrase(text: str) -> str | None:
-    """The number of the last "the answer is N" / "Answer: N" among the last 8 mentions of the
-    word "answer" (a bounded loop, so "answer" repeated 100,000 times costs nothing)."""
-    lowered = text.lower()
-    mention = len(lowered)
-    for _ in range(_MAX_PHRASES):
-        mention = lowered.rfind("answer", 0, mention)
-        if mention == -1:
-            return None
-        phrase = _ANSWER_PHRASE.match(lowered, mention)
-        answer = phrase and _answer_of(_NUMBER_IN_TEXT.match(lowered, phrase.end()))
+    """The number of the last "the answer is N" / "Answer: N" / "ANSWER: N" among the last 8
+    mentions of the word (a bounded loop, so "answer" repeated 100,000 times costs nothing)."""
+    for mention in islice(_answer_mentions(text), _MAX_PHRASES):
+        # A window bounds both regexes: a megabyte of spaces after "answer" cost the phrase's "\s+"
+        # 100 ms or more of backtracking, a megabyte of digits cost the number's "\d+" 30 ms.
+        end = mention + _WINDOW
+        phrase = _ANSWER_PHRASE.match(text, mention, end)
+        answer = phrase and _answer_in_window(_NUMBER_IN_TEXT.match(text, phrase.end(), end))
         if answer:
             return answer
     return None
@@ -266,17 +286,25 @@ def extract_answer(text: str) -> str | None:
 
 
 def is_formatted(text: str) -> bool:
-    """Whether the last non-empty line is ``#### <number>``, as the training prompt asks.
+    """Whether the text states its final answer once, as the training prompt asks: the last
+    non-empty line is ``#### <number>`` and no "####" comes before it.
 
     Surrounding spaces are fine, and so is any number spelling ``answers_match`` accepts
     (``#### -5``, ``#### $1,234``, ``#### 2.5``, ``#### 1/2``); words are not
-    (``#### 42 apples``, ``#### **42**``), because the prompt asks for a bare number.
+    (``#### 42 apples``, ``#### **42**``), because the prompt asks for a bare number. A repeated
+    or stacked answer line (``#### 7\\n#### 7``, ``#### 5\\n#### 7``) is not the format: a policy
+    that repeats its answer line until the token budget runs out must not be paid for it, and
+    GSM8K's reference solutions state "####" exactly once.
     """
     if not isinstance(text, str):
         return False
     body = text.rstrip()
-    last_line = body[max(body.rfind("\n"), body.rfind("\r")) + 1 :]
-    match = _FINAL_LINE.fullmatch(last_line)
+    line_start = max(body.rfind("\n"), body.rfind("\r")) + 1
+    if len(body) - line_start > _WINDOW:
+        return False  # too long for "#### <number>"; the regex would backtrack over all of it
+    if body.find("####") < line_start:
+        return False  # no marker at all, or one before the last line
+    match = _FINAL_LINE.fullmatch(body, line_start)
     return match is not None and _match_value(match) is not None
 
 
@@ -451,9 +479,22 @@ def completion_text(completion: object) -> str:
     return ""
 
 
-def format_reward(completions: list, **kwargs) -> list[float]:
-    """1.0 when the completion ends with the line ``#### <number>`` (see ``is_formatted``)."""
-    return [float(is_formatted(completion_text(c))) for c in completions]
+def _per_completion(column: object, count: int) -> list:
+    """A per-completion keyword argument as a list of ``count`` items, None where one is missing."""
+    items = list(column) if isinstance(column, (list, tuple)) else []
+    return items[:count] + [None] * (count - len(items))
+
+
+def format_reward(completions: list, truncated: list | None = None, **kwargs) -> list[float]:
+    """1.0 when the completion states its final answer once, as its last line ``#### <number>``
+    (see ``is_formatted``), and was not cut at max_completion_length.
+
+    ``truncated`` holds one flag per completion, true where its token ids end without an EOS token.
+    TRL passes reward functions the ids but not the EOS ids, so only the trainer can tell; a missing
+    flag reads as not truncated, and the text alone is scored.
+    """
+    flags = _per_completion(truncated, len(completions))
+    return [float(is_formatted(completion_text(c)) and not cut) for c, cut in zip(completions, flags)]
 
 
 def reasoning_reward(completions: list, **kwargs) -> list[float]:
@@ -472,8 +513,7 @@ def correctness_reward(completions: list, ground_truth: list, **kwargs) -> list[
     ``ground_truth`` is the dataset column of the same name, holding either parsed answers
     ("72") or whole GSM8K solutions ("... #### 72"). A missing entry scores 0.0.
     """
-    golds = list(ground_truth) if isinstance(ground_truth, (list, tuple)) else []
-    golds += [None] * (len(completions) - len(golds))
+    golds = _per_completion(ground_truth, len(completions))
     return [
         float(answers_match(extract_answer(completion_text(c)), parse_ground_truth(gold)))
         for c, gold in zip(completions, golds)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import subprocess
 import sys
 import time
@@ -124,9 +125,10 @@ def test_extract_unbalanced_boxed_falls_back_to_later_rules():
         ("Answer: -5", "-5"),
         ("ANSWER: **18**", "18"),
         ("The answer is −3 degrees", "-3"),
+        ("The Answer Is 42, not 7", "42"),
     ],
 )
-def test_extract_reads_answer_phrases_case_insensitively(text, expected):
+def test_extract_reads_answer_phrases_in_lower_title_or_upper_case(text, expected):
     assert extract_answer(text) == expected
 
 
@@ -296,6 +298,67 @@ def test_is_formatted_rejects_words_markdown_or_a_marker_that_is_not_the_last_li
 
 def test_format_reward_scores_each_completion_by_its_final_line():
     assert format_reward(["a\n#### 7", "#### 7\nbye", None]) == [1.0, 0.0, 0.0]
+
+
+# Issue 13: a policy learned to write its working, then its answer line again and again until the token budget ran out.
+WORKING = "She sold 48 clips in April and 48 / 2 = 24 in May, 72 in all.\n"
+
+
+def test_format_reward_pays_in_full_for_one_final_answer_line():
+    assert format_reward([WORKING + "#### 72", WORKING + "#### 72\n"]) == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("repeats", [2, 9, 50])
+def test_is_formatted_rejects_a_repeated_final_answer_line(repeats):
+    assert not is_formatted(WORKING + "#### 72\n" * repeats)
+
+
+@pytest.mark.parametrize("cut", [1, 2])
+def test_is_formatted_rejects_repeated_answer_lines_cut_mid_line(cut):
+    assert not is_formatted((WORKING + "#### 72\n" * 9)[:-cut])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "####\n#### 72",
+        "#### 72\n####\n#### 72",
+        "#### seventy-two\n#### 72",
+        "#### 70\n#### 72",
+        "#### 70\nNo: 48 + 24 = 72.\n#### 72",
+        "I will end with '#### <number>'.\n#### 72",
+    ],
+)
+def test_is_formatted_rejects_any_hash_marker_before_the_final_line(text):
+    assert not is_formatted(text)
+
+
+def test_format_reward_scores_a_truncated_completion_zero():
+    text = WORKING + "#### 72"
+    assert format_reward([text, text], truncated=[True, False]) == [0.0, 1.0]
+
+
+def test_format_reward_reads_a_missing_truncation_flag_as_not_truncated():
+    text = WORKING + "#### 72"
+    assert format_reward([text, text], truncated=[True]) == [0.0, 1.0]
+    assert format_reward([text], truncated=None) == format_reward([text]) == [1.0]
+
+
+REPETITIONS = {
+    "answer line x2": WORKING + "#### 72\n" * 2,
+    "answer line x9": WORKING + "#### 72\n" * 9,
+    "answer line x50": WORKING + "#### 72\n" * 50,
+    "answer line x9 cut mid-line": (WORKING + "#### 72\n" * 9)[:-2],
+    "whole solution x9": (WORKING + "#### 72\n") * 9,
+}
+
+
+@pytest.mark.parametrize("text", REPETITIONS.values(), ids=REPETITIONS.keys())
+@pytest.mark.parametrize(
+    "reward_func", [reasoning_reward, answer_present_reward, correctness_reward], ids=lambda f: f.__name__
+)
+def test_other_rewards_do_not_grow_when_the_answer_repeats(reward_func, text):
+    assert score(reward_func, text, gold="72") <= score(reward_func, WORKING + "#### 72", gold="72")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -523,6 +586,39 @@ def test_long_repetitive_completions_score_within_unit_interval_quickly(text):
         assert time.perf_counter() - start < 0.5, reward_func.__name__
 
 
+# Issue 9: "#### " then a megabyte of digits or spaces and a letter made the final-line regex backtrack for 90-180 ms;
+# lowering a megabyte of non-ASCII text to find "answer", twice when it follows a think block, took 50 ms, and reading
+# the answer phrase's spaces or number without a bound took 30-100 ms.
+MEGABYTE = {
+    "digits after marker, then a letter": "#### " + "9" * 1_000_000 + "a",
+    "spaces after marker, then a letter": "#### " + " " * 1_000_000 + "a",
+    "tabs after marker, then a letter": "####" + "\t" * 1_000_000 + "a",
+    "decimals after marker, then a letter": "#### 1." + "0" * 1_000_000 + "a",
+    "grouped digits after marker, then a letter": "#### " + "1,000" * 200_000 + "a",
+    "spaces after marker, then a number": "#### " + " " * 1_000_000 + "5",
+    "non-ASCII after a think block": "</think>" + "−" * 1_000_000,
+    "emoji after a think block": "</think>" + "😀" * 1_000_000,
+    "dotted capital I after a think block": "</think>" + "İ" * 1_000_000,  # slowest to lower
+    "non-ASCII words after a think block": "</think>" + "é answer " * 110_000,
+    "spaces after answer": "Answer" + " " * 1_000_000 + "x",
+    "digits after answer phrase": "The answer is " + "9" * 1_000_000,
+    "decimals after answer phrase": "The answer is 1." + "0" * 1_000_000,
+}
+UP_TO_A_MEGABYTE = PATHOLOGICAL | STRESS | MEGABYTE
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("text", UP_TO_A_MEGABYTE.values(), ids=UP_TO_A_MEGABYTE.keys())
+def test_any_completion_up_to_a_megabyte_is_scored_in_well_under_50_ms(text):
+    for reward_func in REWARD_FUNCS:
+        seconds = []
+        for _ in range(5):
+            start = time.perf_counter()
+            score(reward_func, text)
+            seconds.append(time.perf_counter() - start)
+        assert statistics.median(seconds) < 0.05, reward_func.__name__  # a few ms measured
+
+
 @pytest.mark.timeout(60)
 def test_a_one_megabyte_completion_is_scored_quickly():
     text = ("She has 16 - 3 - 4 = 9 eggs, 9 * 2 = 18 dollars. " * 25_000)[:1_000_000] + "\n#### 18"
@@ -580,6 +676,28 @@ def test_extracted_answers_are_canonical_and_match_themselves(text):
     if answer is not None:
         assert parse_ground_truth(answer) == answer
         assert answers_match(answer, answer)
+
+
+# A completion in the prompt's format: text without "####", then one final answer line.
+final_lines = st.builds(
+    "{}####{}{}{}".format,
+    st.sampled_from(["", "  "]),
+    st.sampled_from(["", " "]),
+    st.integers(-10**9, 10**9).map(str) | st.sampled_from(["$1,234", "−5", "2.50", "1/2", "50%", ".5", "18."]),
+    st.sampled_from(["", " ", "\n"]),
+)
+formatted = st.tuples(texts.map(lambda text: text.replace("#", "")), final_lines)
+
+
+@PROPERTY_SETTINGS
+@given(formatted)
+def test_appending_another_copy_of_the_final_line_never_raises_a_reward(body_and_line):
+    body, line = body_and_line
+    text = body + "\n" + line
+    repeated = text + "\n" + line
+    assert score(format_reward, text) == 1.0 and score(format_reward, repeated) == 0.0
+    for reward_func in (answer_present_reward, reasoning_reward):
+        assert score(reward_func, repeated) <= score(reward_func, text), reward_func.__name__
 
 
 @st.composite
