@@ -71,8 +71,8 @@ class GSM8KGRPOTrainer(GRPOTrainer):
     """Adds rewards/mean|best|worst and objective/kl|entropy to TRL's metrics, samples of completions to
     TensorBoard's text tab, and replaces TRL's sampled evaluation by greedy GSM8K accuracy (eval/accuracy).
 
-    Written against TRL 1.16.0, it relies on GRPOTrainer's private `_calculate_rewards`, `_metrics`, `_logs` and
-    `_log_completion_extra`: check them when upgrading TRL."""
+    Written against TRL 1.16.0, it relies on GRPOTrainer's private `_calculate_rewards`, `eos_token_ids`, `_metrics`,
+    `_logs` and `_log_completion_extra`: check them when upgrading TRL."""
 
     def __init__(self, *args, completion_samples_every: int, **kwargs):
         super().__init__(*args, **kwargs)
@@ -80,6 +80,13 @@ class GSM8KGRPOTrainer(GRPOTrainer):
         self.evaluations = {}  # global step -> metrics, so the final evaluation does not repeat the last scheduled one
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        # format_reward pays nothing for a completion cut at max_completion_length; TRL hands reward functions the ids
+        # but not the stop tokens, so flag the cut ones as TRL's completions/clipped_ratio does
+        stops = {*self.eos_token_ids, self.processing_class.pad_token_id}
+        inputs = [
+            example | {"truncated": not ids or ids[-1] not in stops}
+            for example, ids in zip(inputs, completion_ids_list, strict=True)
+        ]
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)  # gathered
         self._log_completion_extra("ground_truth", [example["ground_truth"] for example in inputs])
         weights = self.reward_weights.to(rewards_per_func.device)

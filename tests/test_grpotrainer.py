@@ -155,3 +155,19 @@ def test_eval_only_bad_input_is_one_line_and_exit_2(capsys, tmp_path):
     for args, message in cases.items():
         assert message in error_line(capsys, ["--smoke", "--eval_only", *args, "--output_dir", tmp_path / "o"])
     assert not (tmp_path / "o").exists()
+
+
+def test_the_trainer_tells_format_reward_which_completions_were_cut(tmp_path):
+    import grpotrainer
+
+    run = grpotrainer.read_settings(["--smoke", "--num_generations", "2", "--per_device_train_batch_size", "2",
+                                     "--report_to", "none", "--output_dir", str(tmp_path / "run")])  # fmt: skip
+    trainer = grpotrainer.build_trainer(run, grpotrainer.load_inputs(run))
+    tokenizer = trainer.processing_class
+    answer = tokenizer("#### 5", add_special_tokens=False)["input_ids"]
+    inputs = [{"prompt": [{"role": "user", "content": "2+3?"}], "ground_truth": "5"}] * 2
+    completions = [[{"role": "assistant", "content": "#### 5"}]] * 2
+    scores = trainer._calculate_rewards(inputs, [x["prompt"] for x in inputs], completions,
+                                        [answer + [tokenizer.eos_token_id], answer])  # fmt: skip
+    column = [function for function, _ in rewards.REWARDS].index(rewards.format_reward)
+    assert scores[:, column].tolist() == [1.0, 0.0]  # finished, then cut at the length limit
