@@ -3,6 +3,7 @@
     python grpotrainer.py                              # train with the settings below and config.yaml
     python grpotrainer.py --smoke                      # the whole pipeline offline on a tiny model, ~1 min on a CPU
     python grpotrainer.py --eval_only --adapter DIR    # greedy GSM8K test accuracy of MODEL_NAME (+ an adapter)
+    python grpotrainer.py --merge --adapter RUN/final  # a plain 16-bit model with the adapter in RUN/final-merged
     tensorboard --logdir outputs
 
 Where settings live: the constants just below; every other training setting (any GRPOConfig field, the LoRA and
@@ -48,6 +49,7 @@ from trl.models import unwrap_model_for_generation
 
 import evaluation
 import loading
+import merge
 import rewards
 import settings
 import smoke
@@ -190,8 +192,6 @@ class Inputs(NamedTuple):
 def load_inputs(run: RunSettings) -> Inputs:
     """Everything the run reads; all that can be wrong with it fails here, before an output folder exists."""
     script, training = run.script, run.training
-    if script.smoke:
-        smoke.build_assets()
     tokenizer = loading.load_tokenizer(run.model, training)
     evaluates = script.eval_only or script.eval_before_and_after or training.eval_strategy != "no"
     with PartialState().main_process_first():  # the main process fills the datasets cache, the others read it
@@ -250,7 +250,10 @@ def train(run: RunSettings, inputs: Inputs) -> int:
 
 
 def evaluate_only(run: RunSettings, inputs: Inputs) -> int:
-    rows, summary = evaluation.evaluate_gsm8k(inputs.model, inputs.tokenizer, inputs.eval_set, run.training)
+    model = inputs.model  # 4-bit weights load onto the GPU; the Trainer places a 16-bit model, and here nothing else
+    if torch.cuda.is_available() and model.device.type == "cpu":
+        model = model.to(PartialState().device)
+    rows, summary = evaluation.evaluate_gsm8k(model, inputs.tokenizer, inputs.eval_set, run.training)
     summary |= {"model": run.script.model_name, "adapter": run.script.adapter}
     if PartialState().is_main_process:
         output_dir = run.training.output_dir
@@ -262,6 +265,10 @@ def evaluate_only(run: RunSettings, inputs: Inputs) -> int:
 def main(argv: list[str]) -> int:
     try:
         run = read_settings(argv)
+        if run.script.smoke:
+            smoke.build_assets()
+        if run.script.merge:
+            return merge.merge_run(run)
         inputs = load_inputs(run)
         state = PartialState()
         requested = run.training.output_dir

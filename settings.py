@@ -38,9 +38,12 @@ class ScriptOptions:
     eval_only: bool = dataclasses.field(default=False, metadata={"help": "Only measure GSM8K test accuracy."})
     adapter: str | None = dataclasses.field(default=None, metadata={"help": "A LoRA adapter folder to evaluate."})
     resume: bool = dataclasses.field(default=False, metadata={"help": "Continue from output_dir's last checkpoint."})
+    merge: bool = dataclasses.field(
+        default=False, metadata={"help": "Merge --adapter into its 16-bit base: RUN/final -> RUN/final-merged."}
+    )
 
 
-COMMAND_LINE_ONLY = {"config", "smoke", "eval_only", "adapter", "resume"}
+COMMAND_LINE_ONLY = {"config", "smoke", "eval_only", "adapter", "resume", "merge"}
 # The library's name -> this script's name, so that each setting has one name. The library's name is refused as
 # input and set from ours. (GRPOTrainer ignores resume_from_checkpoint in its config: the trainer is handed it.)
 RENAMED = {
@@ -159,8 +162,8 @@ def check_values(values: dict) -> None:
     if weights is not None and len(weights) != len(rewards.REWARDS):
         names = ", ".join(function.__name__ for function, _ in rewards.REWARDS)
         raise InputError(f"reward_weights needs {len(rewards.REWARDS)} numbers, one per reward in order: {names}")
-    if values["adapter"] and not values["eval_only"]:
-        raise InputError("--adapter is for --eval_only: training always starts a new adapter (or --resume)")
+    if values["adapter"] and not values["eval_only"] and not values["merge"]:
+        raise InputError("--adapter is for --eval_only and --merge: training always starts a new adapter (or --resume)")
     if values["use_vllm"] and values["load_in_4bit"]:
         raise InputError(
             "4-bit loading with vLLM generation is broken upstream: set load_in_4bit: false to train a bf16 LoRA "

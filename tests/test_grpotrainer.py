@@ -162,6 +162,7 @@ def test_the_trainer_tells_format_reward_which_completions_were_cut(tmp_path):
 
     run = grpotrainer.read_settings(["--smoke", "--num_generations", "2", "--per_device_train_batch_size", "2",
                                      "--report_to", "none", "--output_dir", str(tmp_path / "run")])  # fmt: skip
+    smoke.build_assets()
     trainer = grpotrainer.build_trainer(run, grpotrainer.load_inputs(run))
     tokenizer = trainer.processing_class
     answer = tokenizer("#### 5", add_special_tokens=False)["input_ids"]
