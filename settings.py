@@ -196,6 +196,9 @@ def parse_settings(argv: list[str], constants: dict, config_file: str, script_di
     valid = {action.dest for action in parser._actions} - {"help"}
     valid |= {option[2:] for action in parser._actions for option in action.option_strings if option[:5] == "--no_"}
 
+    if "-h" in argv or "--help" in argv:
+        parser.print_help()  # every setting with its help text, as TRL's own scripts print it
+        raise SystemExit(0)
     cli_keys = command_line_keys(argv)
     check_keys(cli_keys, valid, "on the command line")
     modes = parser.parse_known_args(argv)[0]  # --config, --smoke and --eval_only decide the layers below

@@ -142,3 +142,10 @@ def test_report_prints_constants_then_what_was_set_with_sources_and_saves_everyt
     saved = yaml.safe_load((tmp_path / "run" / "settings.yaml").read_text())
     assert saved == yaml.safe_load(yaml.safe_dump(run.as_dict()))
     assert saved["training"]["beta"] == grpotrainer.KL_COEF and saved["script"]["smoke"] is True
+
+
+def test_help_lists_the_settings_and_exits_0(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        grpotrainer.read_settings(["--help"])
+    printed = capsys.readouterr().out
+    assert exit_.value.code == 0 and "--kl_coef" in printed and "--learning_rate" in printed and "--merge" in printed
