@@ -150,16 +150,24 @@ def describe_comparison(result: dict) -> str:
     )
 
 
-def report_before_and_after(output_dir: Path, last_step: int) -> None:
-    """Compare the evaluations at step 0 and the last step, from their files (step 0 may predate a --resume)."""
-    results = [output_dir / "eval" / f"step-{step}" / "eval_results.jsonl" for step in (0, last_step)]
+def paired_comparison(output_dir: Path, step: int) -> dict | str:
+    """The paired comparison of the evaluations at step 0 and `step`, read from their files (step 0 may predate a
+    --resume), or why there is none."""
+    results = [output_dir / "eval" / f"step-{n}" / "eval_results.jsonl" for n in (0, step)]
     if not results[0].is_file():
-        print(f"no evaluation before training in {results[0].parent}: nothing to compare with")
-        return
+        return f"no evaluation before training in {results[0].parent}: nothing to compare with"
+    if not results[1].is_file():
+        return f"no evaluation at step {step} in {results[1].parent}: nothing to compare"
     before, after = ([json.loads(line) for line in path.open()] for path in results)
     if [row["question"] for row in before] != [row["question"] for row in after]:
-        print("the evaluations before and after training scored different questions: not compared")
+        return "the evaluations before and after training scored different questions: not compared"
+    return compare_before_after(before, after)
+
+
+def report_before_and_after(output_dir: Path, last_step: int) -> None:
+    result = paired_comparison(output_dir, last_step)
+    if isinstance(result, str):
+        print(result)
         return
-    result = compare_before_after(before, after)
     (output_dir / "eval_before_after.json").write_text(json.dumps(result, indent=2) + "\n")
     print(describe_comparison(result))

@@ -47,6 +47,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOTrainer, get_peft_config
 from trl.models import unwrap_model_for_generation
 
+import doctor
 import evaluation
 import loading
 import merge
@@ -227,10 +228,19 @@ def train(run: RunSettings, inputs: Inputs) -> int:
     output_dir = run.training.output_dir
     interrupt = SaveOnInterrupt()
     trainer = build_trainer(run, inputs, [interrupt])
+    watcher = doctor.attach(trainer) if run.script.doctor else None
     main_process = trainer.accelerator.is_main_process
     if main_process:
         print(f"TensorBoard: tensorboard --logdir {output_dir}")
-    trainer.train(resume_from_checkpoint=get_last_checkpoint(output_dir) if run.script.resume else None)
+    try:
+        trainer.train(resume_from_checkpoint=get_last_checkpoint(output_dir) if run.script.resume else None)
+    except torch.OutOfMemoryError:
+        if watcher is None:
+            raise
+        print(doctor.out_of_memory_message(run.training, run.model, trainer.state.global_step), file=sys.stderr)
+        return doctor.EXIT_OUT_OF_MEMORY
+    if watcher is not None and watcher.exit_code:
+        return watcher.exit_code
     if interrupt.interrupted:
         if main_process:
             print(

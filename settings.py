@@ -38,6 +38,7 @@ class ScriptOptions:
     eval_only: bool = dataclasses.field(default=False, metadata={"help": "Only measure GSM8K test accuracy."})
     adapter: str | None = dataclasses.field(default=None, metadata={"help": "A LoRA adapter folder to evaluate."})
     resume: bool = dataclasses.field(default=False, metadata={"help": "Continue from output_dir's last checkpoint."})
+    doctor: bool = dataclasses.field(default=True, metadata={"help": "Report problems as they start (doctor.py)."})
     merge: bool = dataclasses.field(
         default=False, metadata={"help": "Merge --adapter into its 16-bit base: RUN/final -> RUN/final-merged."}
     )
