@@ -42,7 +42,6 @@ from accelerate import PartialState
 from datasets import Dataset
 from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback
-from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOTrainer, get_peft_config
 from trl.models import unwrap_model_for_generation
 
@@ -178,11 +177,17 @@ class Inputs(NamedTuple):
     model: object
     train_set: Dataset | None
     eval_set: Dataset | None
+    checkpoint: str | None  # what --resume continues from
 
 
 def load_inputs(run: RunSettings) -> Inputs:
     """Everything the run reads; all that can be wrong with it fails here, before an output folder exists."""
     script, training = run.script, run.training
+    checkpoint = None
+    if script.resume:
+        checkpoint, skipped = loading.resume_checkpoint(training.output_dir)
+        for line in skipped if PartialState().is_main_process else ():
+            print(line)
     if script.smoke:
         smoke.build_assets()
     tokenizer = loading.load_tokenizer(run.model, training)
@@ -198,7 +203,7 @@ def load_inputs(run: RunSettings) -> Inputs:
     model = loading.load_model(run.model, training)
     if script.adapter:
         model = loading.attach_adapter(model, script.adapter)
-    return Inputs(tokenizer, model, train_set, eval_set)
+    return Inputs(tokenizer, model, train_set, eval_set, checkpoint)
 
 
 def build_trainer(run: RunSettings, inputs: Inputs, callbacks=()) -> GSM8KGRPOTrainer:
@@ -223,7 +228,7 @@ def train(run: RunSettings, inputs: Inputs) -> int:
     main_process = trainer.accelerator.is_main_process
     if main_process:
         print(f"TensorBoard: tensorboard --logdir {output_dir}")
-    trainer.train(resume_from_checkpoint=get_last_checkpoint(output_dir) if run.script.resume else None)
+    trainer.train(resume_from_checkpoint=inputs.checkpoint)
     if interrupt.interrupted:
         if main_process:
             print(

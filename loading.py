@@ -2,6 +2,8 @@
 an optional LoRA adapter. What cannot be loaded is an InputError: one line and exit code 2."""
 
 import importlib.util
+import json
+import zipfile
 from pathlib import Path
 
 import torch
@@ -149,3 +151,50 @@ def attach_adapter(model, adapter: str):
         return PeftModel.from_pretrained(model, adapter)
     except (RuntimeError, ValueError, KeyError) as error:
         raise InputError(f"adapter {adapter} does not fit the model: {str(error).strip().splitlines()[-1]}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checkpoints: --resume continues from the newest one that was saved completely
+
+
+def resume_checkpoint(output_dir: str) -> tuple[str, list[str]]:
+    """The newest complete checkpoint-<step> folder of output_dir, and a line for each newer one it skips."""
+    folders = [path for path in Path(output_dir).glob("checkpoint-*") if path.is_dir() and path.name[11:].isdigit()]
+    skipped = []
+    for folder in sorted(folders, key=lambda path: int(path.name[11:]), reverse=True):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return str(folder), skipped
+        skipped.append(f"--resume: skipping {folder}, {problem}")
+    newest = f"; the newest, {skipped[0].removeprefix('--resume: skipping ')}" if skipped else ""
+    raise InputError(f"--resume: no complete checkpoint-<step> folder in {output_dir} to continue from{newest}")
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a checkpoint cannot be resumed from, or None. Trainer._save_checkpoint writes trainer_state.json last,
+    after the weights, optimizer, scheduler and RNG state, so a folder without it is a save that was cut short; a
+    truncated file beside it (a full disk, a failing machine) is found by reading each file's own length record."""
+    try:
+        json.loads((folder / "trainer_state.json").read_text())["global_step"]
+    except FileNotFoundError:
+        return "which has no trainer_state.json: its save was cut short"
+    except (ValueError, KeyError):
+        return "whose trainer_state.json is truncated"
+    for file in sorted(folder.iterdir()):
+        if file.suffix == ".safetensors" and not safetensors_is_whole(file):
+            return f"whose {file.name} is truncated"
+        if file.suffix in (".pt", ".pth", ".bin") and not zipfile.is_zipfile(file):  # torch.save writes a zip
+            return f"whose {file.name} is truncated"
+    return None
+
+
+def safetensors_is_whole(file: Path) -> bool:
+    """A safetensors file is an 8-byte header length, a JSON header, then the tensors up to the header's last offset."""
+    try:
+        with open(file, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(length))
+        end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError):
+        return False
+    return file.stat().st_size == 8 + length + end

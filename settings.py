@@ -15,11 +15,11 @@ from typing import NamedTuple
 import torch
 import yaml
 from transformers import HfArgumentParser
-from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOConfig, ModelConfig
 
 import rewards
 import smoke
+from atomic import write_atomically
 
 
 class InputError(Exception):
@@ -68,6 +68,7 @@ class RunSettings(NamedTuple):
             "script": dataclasses.asdict(self.script),
             "training": json.loads(self.training.to_json_string()),
             "model": dataclasses.asdict(self.model),
+            "sources": dict(self.sources),  # what was set, so that --resume replays exactly that
         }
 
 
@@ -186,7 +187,8 @@ def check_values(values: dict) -> None:
 
 def parse_settings(argv: list[str], constants: dict, config_file: str, script_dir: Path) -> RunSettings:
     """The run's settings from the command line, the config file (script_dir/config_file unless --config names
-    another) and the constants (lower-case names), with where each set value came from."""
+    another) and the constants (lower-case names), with where each set value came from. With --resume they come from
+    the run's settings.yaml instead, and the command line may change only RESUME_MAY_CHANGE."""
     ScriptSettings = script_class(constants, config_file)
     parser = HfArgumentParser((ScriptSettings, GRPOConfig, ModelConfig), allow_abbrev=False)
     parser.error = raise_input_error
@@ -195,23 +197,17 @@ def parse_settings(argv: list[str], constants: dict, config_file: str, script_di
 
     cli_keys = command_line_keys(argv)
     check_keys(cli_keys, valid, "on the command line")
-    modes = parser.parse_known_args(argv)[0]  # --config, --smoke and --eval_only decide the layers below
-    config_path = Path(modes.config) if "config" in cli_keys else script_dir / modes.config
-    file_values = read_config_file(config_path)
-    check_keys(file_values, valid, f"in {config_path}", COMMAND_LINE_ONLY | constants.keys(), constants.keys())
-
-    sources = {key: config_path.name for key in file_values}
-    layers = [{key: value for key, value in constants.items() if key in LIBRARY_FIELDS}, file_values]
-    if modes.smoke:
-        layers.append(smoke.preset())
-        sources |= {key: "--smoke" for key in layers[-1]}
-    if modes.eval_only and "eval_samples" not in cli_keys:
-        layers.append({"eval_samples": None})  # --eval_only scores the whole test split unless told otherwise
-        sources["eval_samples"] = "--eval_only"
+    modes = parser.parse_known_args(argv)[0]  # --config, --smoke, --eval_only and --resume decide the layers below
+    if modes.resume:
+        saved = read_saved_settings(Path(modes.output_dir if "output_dir" in cli_keys else constants["output_dir"]))
+        layers = [replayed_values(saved, constants)]
+        sources = {key: "settings.yaml" for key in saved["sources"].keys() - NO_GPU.keys()}
+    else:
+        layers, sources = new_run_layers(modes, cli_keys, valid, constants, script_dir)
     if not torch.cuda.is_available():
         # bf16 autocast and bitsandbytes bf16 compute need a GPU; use_cpu makes torchrun's processes one CPU group
-        layers.append({"use_cpu": True, "bf16": False, "dtype": "float32"})
-        sources |= {"use_cpu": "no GPU", "bf16": "no GPU", "dtype": "no GPU"}
+        layers.append({key: value for key, value in NO_GPU.items() if key not in cli_keys})
+        sources |= {key: "no GPU" for key in layers[-1]}
     for layer in layers:
         parser.set_defaults(**layer)
 
@@ -219,6 +215,8 @@ def parse_settings(argv: list[str], constants: dict, config_file: str, script_di
     if unparsed:
         raise InputError(f"unexpected argument '{unparsed[0]}': settings are given as --name value")
     values = vars(namespace)
+    if modes.resume:
+        check_resume_changes(saved, values, cli_keys)
     check_values(values)
     sources |= {key: "command line" for key in cli_keys}
     try:
@@ -237,22 +235,97 @@ def parse_settings(argv: list[str], constants: dict, config_file: str, script_di
     return RunSettings(script, training, model, sources)
 
 
+NO_GPU = {"use_cpu": True, "bf16": False, "dtype": "float32"}
+
+
+def new_run_layers(modes, cli_keys: list[str], valid: set[str], constants: dict, script_dir: Path) -> tuple[list[dict], dict]:
+    """The layers under the command line of a new run: constants < config file < presets, and their sources."""
+    config_path = Path(modes.config) if "config" in cli_keys else script_dir / modes.config
+    file_values = read_config_file(config_path)
+    check_keys(file_values, valid, f"in {config_path}", COMMAND_LINE_ONLY | constants.keys(), constants.keys())
+    sources = {key: config_path.name for key in file_values}
+    layers = [{key: value for key, value in constants.items() if key in LIBRARY_FIELDS}, file_values]
+    if modes.smoke:
+        layers.append(smoke.preset())
+        sources |= {key: "--smoke" for key in layers[-1]}
+    if modes.eval_only and "eval_samples" not in cli_keys:
+        layers.append({"eval_samples": None})  # --eval_only scores the whole test split unless told otherwise
+        sources["eval_samples"] = "--eval_only"
+    return layers, sources
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Resuming: the run's saved settings, of which the command line may change only what is safe mid-run
+
+# What a resumed run may change: how long it runs and how often it logs, evaluates and saves. Everything else (model,
+# data, LoRA shape, batch shape, generation, rewards, optimiser) would make the checkpoint continue a different run.
+RESUME_MAY_CHANGE = {
+    "resume", "output_dir", "max_steps", "num_train_epochs", "logging_steps", "logging_strategy", "eval_steps",
+    "eval_strategy", "eval_before_and_after", "per_device_eval_batch_size", "save_steps", "save_strategy",
+    "save_total_limit", "completion_samples_every", "disable_tqdm", "dataloader_num_workers",
+}  # fmt: skip
+
+
+def read_saved_settings(folder: Path) -> dict:
+    path = folder / "settings.yaml"
+    if not path.is_file():
+        raise InputError(f"--resume: {path} does not exist: name the run's folder with --output_dir")
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        saved = None
+    if not isinstance(saved, dict) or not {"script", "training", "model", "sources"} <= saved.keys():
+        raise InputError(f"--resume: {path} is not the settings file of a run of this script")
+    return saved
+
+
+def saved_value(saved: dict, key: str):
+    return next(saved[part][key] for part in ("script", "training", "model") if key in saved[part])
+
+
+def replayed_values(saved: dict, constants: dict) -> dict:
+    """What produced the saved run: this script's settings and every value that was set (TRL derives the rest, and
+    replaying a derived value could contradict the one it derives it from), except what this machine decides."""
+    keys = saved["script"].keys() | constants.keys() | saved["sources"].keys()
+    return {key: saved_value(saved, key) for key in keys - NO_GPU.keys()}
+
+
+def check_resume_changes(saved: dict, values: dict, cli_keys: list[str]) -> None:
+    if "config" in cli_keys:
+        raise InputError("--config cannot be combined with --resume: a resumed run keeps the settings it was saved with")
+    for key in cli_keys:
+        key = key if key in values else key.removeprefix("no_")
+        before = saved_value(saved, key)
+        if key not in RESUME_MAY_CHANGE and not same_setting(before, values[key]):
+            raise InputError(
+                f"--resume: {key} is {before} in the run's settings.yaml but {values[key]} here; a resumed run may "
+                f"change only {', '.join(sorted(RESUME_MAY_CHANGE - {'resume', 'output_dir'}))}"
+            )
+
+
+def same_setting(saved, given) -> bool:
+    """The saved value (YAML of JSON) and the parsed one: enums compare as their strings, tuples as lists."""
+    normal = lambda value: list(value) if isinstance(value, (list, tuple)) else value  # noqa: E731
+    return normal(saved) == normal(given)
+
+
 def claim_output_dir(requested: str, resume: bool) -> str:
     """A run never overwrites an earlier one: an occupied folder gets the next free "-N" suffix."""
     if resume:
-        if Path(requested).is_dir() and get_last_checkpoint(requested):
-            return requested
-        raise InputError(f"--resume: no checkpoint-* folder in {requested} to continue from")
+        return requested  # its checkpoint was checked by loading.resume_checkpoint
     candidates = [requested] + [f"{requested}-{n}" for n in range(2, 10_000)]
     return next(path for path in candidates if not Path(path).exists() or not any(Path(path).iterdir()))
 
 
 def report_settings(run: RunSettings, constants: dict) -> None:
-    """Print the resolved settings (the constants first, then every other value that was set) and save them all in
-    the output folder as settings.yaml. Call it on the main process."""
+    """Print the resolved settings (the constants first, then every other value that was set) as they are saved, and
+    save them all in the output folder as settings.yaml. Call it on the main process."""
+    saved = run.as_dict()
+    plain = saved["model"] | saved["training"] | saved["script"]  # as RunSettings.value looks them up, enums as text
     shown = sorted(constants) + sorted(run.sources.keys() - constants.keys())
-    lines = [f"  {key}: {run.value(key)}" + (f"    ({run.sources[key]})" if key in run.sources else "") for key in shown]
-    print("settings (grpotrainer.py < config file < --smoke < command line):\n" + "\n".join(lines))
+    lines = [f"  {key}: {plain[key]}" + (f"    ({run.sources[key]})" if key in run.sources else "") for key in shown]
+    layers = "settings.yaml < command line" if run.script.resume else "grpotrainer.py < config file < --smoke < command line"  # fmt: skip
+    print(f"settings ({layers}):\n" + "\n".join(lines))
     folder = Path(run.training.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "settings.yaml").write_text(yaml.safe_dump(run.as_dict(), sort_keys=False))
+    write_atomically(folder / "settings.yaml", yaml.safe_dump(saved, sort_keys=False))

@@ -69,12 +69,11 @@ def test_smoke_run_measures_accuracy_before_and_after(smoke_run):
     assert "before 0.0% -> after" in stdout and "the interval" in stdout
 
 
-def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tmp_path):
+def test_ctrl_c_saves_a_checkpoint_that_the_printed_command_continues(tmp_path):
     out = tmp_path / "run"
-    common = ["--smoke", "--save_steps", 1000, "--eval_strategy", "no", "--eval_before_and_after", "false",
-              "--output_dir", out]  # fmt: skip
     process = subprocess.Popen(
-        [sys.executable, str(REPO / "grpotrainer.py"), *map(str, common), "--max_steps", "300"],
+        [sys.executable, str(REPO / "grpotrainer.py"), "--smoke", "--max_steps", "12", "--save_steps", "1000",
+         "--eval_strategy", "no", "--eval_before_and_after", "false", "--output_dir", str(out)],
         cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     for line in process.stdout:
@@ -84,13 +83,46 @@ def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tmp_path):
     output = process.stdout.read()
     assert process.wait(timeout=300) == 130, output
     (checkpoint,) = out.glob("checkpoint-*")
-    step = int(checkpoint.name.split("-")[1])
-    assert "Continue with: python grpotrainer.py --resume" in output and 0 < step < 300
+    assert 0 < int(checkpoint.name.split("-")[1]) < 12
 
-    resumed = run_script(*common, "--resume", "--max_steps", step + 2)
+    command = output.split("Continue with: python grpotrainer.py ")[1].split()  # verbatim, as a user pastes it
+    resumed = run_script(*command)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    state = json.loads((out / f"checkpoint-{step + 2}" / "trainer_state.json").read_text())
-    assert state["global_step"] == step + 2 and (out / "final" / "adapter_model.safetensors").is_file()
+    assert "settings (settings.yaml < command line)" in resumed.stdout and "smoke: True" in resumed.stdout
+    state = json.loads((out / "checkpoint-12" / "trainer_state.json").read_text())
+    assert state["global_step"] == 12 and (out / "final" / "adapter_model.safetensors").is_file()
+
+
+KILLED_WHILE_SAVING = """
+import os, signal, sys
+from transformers import Trainer
+import grpotrainer
+
+save_optimizer = Trainer._save_optimizer_and_scheduler
+
+def killed_after_the_optimizer(self, output_dir):  # the weights and optimizer are on disk, trainer_state.json is not
+    save_optimizer(self, output_dir)
+    if self.state.global_step == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+Trainer._save_optimizer_and_scheduler = killed_after_the_optimizer
+sys.exit(grpotrainer.main(sys.argv[2:]))  # argv: -c, grpotrainer.py, flags
+"""
+
+
+def test_resume_after_a_kill_while_saving_skips_the_incomplete_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    killed = run_script("--smoke", "--max_steps", 3, "--save_steps", 1, "--eval_strategy", "no",
+                        "--eval_before_and_after", "false", "--output_dir", out,
+                        launcher=(sys.executable, "-c", KILLED_WHILE_SAVING))  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert (out / "checkpoint-2" / "optimizer.pt").is_file() and not (out / "checkpoint-2" / "trainer_state.json").exists()
+
+    resumed = run_script("--resume", "--output_dir", out)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"--resume: skipping {out / 'checkpoint-2'}, which has no trainer_state.json: its save was cut short" in resumed.stdout
+    state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3 and [entry["step"] for entry in state["log_history"] if "loss" in entry] == [2]
 
 
 def test_two_processes_train_with_one_writer(tmp_path):

@@ -1,9 +1,13 @@
 """loading.py: GSM8K from a folder or one file as chat prompts with their ground truth, one-line errors for data that
-cannot be used, and a CPU 4-bit model whose LoRA gradients survive an evaluation."""
+cannot be used, a CPU 4-bit model whose LoRA gradients survive an evaluation, and the checkpoint --resume continues."""
+
+import json
+import shutil
 
 import pytest
 import torch
 from peft import get_peft_model
+from safetensors.torch import save_file
 from trl import get_peft_config
 
 import grpotrainer
@@ -75,3 +79,41 @@ def test_cpu_4bit_lora_gradients_are_the_same_after_an_evaluation():
     before = lora_gradients(run, evaluate_first=False)
     after = lora_gradients(run, evaluate_first=True)
     assert torch.allclose(before, after, atol=1e-3), (before - after).abs().max()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Checkpoints: --resume skips a newer checkpoint that was not saved completely
+
+
+def checkpoint(run_dir, step: int):
+    """A checkpoint folder with what Trainer._save_checkpoint writes, in its order: weights, optimizer, state."""
+    folder = run_dir / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    save_file({"lora": torch.ones(256)}, folder / "adapter_model.safetensors")
+    torch.save({"state": torch.ones(256)}, folder / "optimizer.pt")
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    return folder
+
+
+def truncate(file):
+    file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    "damage, why",
+    [
+        (lambda folder: (folder / "trainer_state.json").unlink(), "which has no trainer_state.json: its save was cut short"),
+        (lambda folder: truncate(folder / "trainer_state.json"), "whose trainer_state.json is truncated"),
+        (lambda folder: truncate(folder / "adapter_model.safetensors"), "whose adapter_model.safetensors is truncated"),
+        (lambda folder: truncate(folder / "optimizer.pt"), "whose optimizer.pt is truncated"),
+    ],
+)
+def test_resume_continues_from_the_newest_complete_checkpoint_and_names_what_it_skips(tmp_path, damage, why):
+    complete = checkpoint(tmp_path, 10)
+    assert loading.resume_checkpoint(str(tmp_path)) == (str(complete), [])
+    damaged = checkpoint(tmp_path, 20)
+    damage(damaged)
+    assert loading.resume_checkpoint(str(tmp_path)) == (str(complete), [f"--resume: skipping {damaged}, {why}"])
+    shutil.rmtree(complete)
+    with pytest.raises(loading.InputError, match=f"no complete checkpoint-<step> folder in {tmp_path} to continue from; the newest, {damaged}, {why}"):  # fmt: skip
+        loading.resume_checkpoint(str(tmp_path))

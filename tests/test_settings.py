@@ -66,11 +66,58 @@ def test_eval_only_scores_the_whole_split_unless_told_and_says_so():
 
 
 def test_renamed_library_settings_are_set_from_ours():
-    run = grpotrainer.read_settings(["--kl_coef", "0.2", "--model_name", "Qwen/Qwen3-0.6B", "--resume"])
+    run = grpotrainer.read_settings(["--kl_coef", "0.2", "--model_name", "Qwen/Qwen3-0.6B"])
     assert run.training.beta == 0.2 and run.model.model_name_or_path == "Qwen/Qwen3-0.6B"
-    assert run.training.resume_from_checkpoint is True
-    assert run.training.eval_on_start is False  # a resumed run was evaluated at its step 0 already
+    assert run.training.resume_from_checkpoint is False and run.training.eval_on_start is True
     assert set(settings.RENAMED.values()) <= {field.name for field in dataclasses.fields(run.script)}
+
+
+def saved_run(folder, *argv) -> settings.RunSettings:
+    """The settings.yaml that a run started with these flags leaves in folder."""
+    run = grpotrainer.read_settings([*map(str, argv), "--output_dir", str(folder)])
+    settings.report_settings(run, grpotrainer.CONSTANTS)
+    return run
+
+
+def test_resume_restores_the_saved_run_and_may_extend_it(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("seed: 7\n")
+    saved = saved_run(tmp_path / "run", "--smoke", "--config", config, "--lora_r", "4", "--kl_coef", "0.1")
+    run = grpotrainer.read_settings(["--resume", "--output_dir", str(tmp_path / "run"), "--max_steps", "100"])
+    assert run.script.smoke and run.script.model_name == saved.script.model_name == str(smoke.SMOKE_DIR / "model")
+    assert (run.model.lora_r, run.training.beta, run.training.seed, run.training.num_generations) == (4, 0.1, 7, 8)
+    assert run.training.max_steps == 100 and run.sources["max_steps"] == "command line"
+    assert run.sources["lora_r"] == "settings.yaml" and run.training.resume_from_checkpoint is True
+    assert run.training.eval_on_start is False  # a resumed run was evaluated at its step 0 already
+    settings.report_settings(run, grpotrainer.CONSTANTS)
+    assert "settings (settings.yaml < command line):" in capsys.readouterr().out
+    again = grpotrainer.read_settings(["--resume", "--output_dir", str(tmp_path / "run")])  # resumed twice
+    assert again.model.lora_r == 4 and again.training.max_steps == 100
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--num_generations", "4"], "--resume: num_generations is 8 in the run's settings.yaml but 4 here; a resumed run may change only "),
+        (["--lora_r", "8"], "--resume: lora_r is 16 in the run's settings.yaml but 8 here"),
+        (["--per_device_train_batch_size", "8"], "--resume: per_device_train_batch_size is 16 in"),
+        (["--dataset_name", "x"], "--resume: dataset_name is "),
+        (["--reward_weights", "1", "1", "1", "1"], "--resume: reward_weights is "),
+        (["--smoke", "false"], "--resume: smoke is True in the run's settings.yaml but False here"),
+        (["--config", "config.yaml"], "--config cannot be combined with --resume"),
+    ],
+)
+def test_resume_refuses_to_change_what_the_run_is(capsys, tmp_path, argv, message):
+    saved_run(tmp_path / "run", "--smoke")
+    error = error_line(capsys, ["--resume", "--output_dir", tmp_path / "run", *argv])
+    assert message in error, error
+
+
+def test_resume_needs_the_runs_settings(capsys, tmp_path):
+    message = f"--resume: {tmp_path}/settings.yaml does not exist: name the run's folder with --output_dir"
+    assert message in error_line(capsys, ["--resume", "--output_dir", tmp_path])
+    (tmp_path / "settings.yaml").write_text("max_steps: 3\n")
+    assert "is not the settings file of a run of this script" in error_line(capsys, ["--resume", "--output_dir", tmp_path])
 
 
 @pytest.mark.parametrize(
@@ -127,8 +174,7 @@ def test_output_dir_is_never_reused_unless_resuming(tmp_path):
     assert settings.claim_output_dir(str(first), resume=False) == str(first)  # empty: nothing to lose
     (first / "settings.yaml").write_text("x")
     assert settings.claim_output_dir(str(first), resume=False) == f"{first}-2"
-    with pytest.raises(settings.InputError, match="no checkpoint"):
-        settings.claim_output_dir(str(first), resume=True)
+    assert settings.claim_output_dir(str(first), resume=True) == str(first)
 
 
 def test_report_prints_constants_then_what_was_set_with_sources_and_saves_everything(tmp_path, capsys):
