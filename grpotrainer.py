@@ -28,6 +28,7 @@ CONFIG_FILE = "config.yaml"  # read from beside this script unless --config name
 CONSTANTS = {name.lower(): value for name, value in dict(globals()).items() if name.isupper() and name != "CONFIG_FILE"}
 
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -188,9 +189,12 @@ def load_inputs(run: RunSettings) -> Inputs:
         checkpoint, skipped = loading.resume_checkpoint(training.output_dir)
         for line in skipped if PartialState().is_main_process else ():
             print(line)
+    if script.adapter:
+        loading.check_adapter(script.adapter)
     if script.smoke:
         smoke.build_assets()
     tokenizer = loading.load_tokenizer(run.model, training)
+    loading.check_lora_targets(run.model, training)
     evaluates = script.eval_only or script.eval_before_and_after or training.eval_strategy != "no"
     with PartialState().main_process_first():  # the main process fills the datasets cache, the others read it
         eval_set = train_set = None
@@ -260,6 +264,7 @@ def evaluate_only(run: RunSettings, inputs: Inputs) -> int:
 def main(argv: list[str]) -> int:
     try:
         run = read_settings(argv)
+        settings.check_output_dir(run.training.output_dir)
         inputs = load_inputs(run)
         state = PartialState()
         requested = run.training.output_dir
@@ -275,7 +280,8 @@ def main(argv: list[str]) -> int:
         state.destroy_process_group()  # as Trainer.end() does: a live gloo/NCCL group can abort the exit
         return exit_code
     except InputError as error:
-        print(f"grpotrainer.py: error: {error}", file=sys.stderr)
+        if int(os.environ.get("RANK", 0)) == 0:  # under torchrun every process finds the same error: one says it
+            print(f"grpotrainer.py: error: {error}", file=sys.stderr)
         return 2
 
 

@@ -7,9 +7,9 @@ import zipfile
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
+from accelerate import PartialState, init_empty_weights
 from datasets import Dataset, load_dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, ModelConfig, get_quantization_config
 
 import rewards
@@ -56,7 +56,19 @@ def load_local(files: list[Path]) -> Dataset:
     try:
         return load_dataset(builder, data_files=[str(file) for file in files], split="train")
     except Exception as error:  # malformed lines or columns
-        raise InputError(f"could not read {files[0]}: {type(error).__name__}") from None
+        raise InputError(bad_json_line(files) or f"could not read {files[0]}: {type(error).__name__}") from None
+
+
+def bad_json_line(files: list[Path]) -> str | None:
+    """Where a .jsonl file breaks, which the datasets library does not say."""
+    for file in (file for file in files if file.suffix == ".jsonl"):
+        with open(file) as lines:
+            for number, line in enumerate(lines, 1):
+                try:
+                    line.strip() and json.loads(line)
+                except ValueError as error:
+                    return f"dataset file {file} line {number} is not valid JSON ({error.args[0].split(':')[0]})"
+    return None
 
 
 def check_columns(dataset: Dataset, name: str) -> Dataset:
@@ -110,6 +122,26 @@ def load_tokenizer(model_args: ModelConfig, training_args: GRPOConfig):
         raise model_load_error(name, error) from None
 
 
+def check_lora_targets(model_args: ModelConfig, training_args: GRPOConfig) -> None:
+    """LoRA targets that name no module would fail only once the weights have loaded: check them against the model
+    built from its config on the meta device, which takes no memory and no time."""
+    targets = model_args.lora_target_modules
+    targets = [targets] if isinstance(targets, str) else targets or []
+    if not model_args.use_peft or targets in ([], ["all-linear"]):
+        return
+    name = model_args.model_name_or_path
+    try:
+        config = AutoConfig.from_pretrained(name, revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code)  # fmt: skip
+    except (OSError, ValueError) as error:
+        raise model_load_error(name, error) from None
+    with init_empty_weights():
+        modules = dict(AutoModelForCausalLM.from_config(config, trust_remote_code=training_args.trust_remote_code).named_modules())  # fmt: skip
+    linear = sorted({module_name.rsplit(".", 1)[-1] for module_name, module in modules.items() if isinstance(module, torch.nn.Linear)})  # fmt: skip
+    for target in targets:
+        if not any(module_name == target or module_name.endswith("." + target) for module_name in modules):
+            raise InputError(f"lora_target_modules: {name} has no module '{target}' (its linear layers: {', '.join(linear)})")  # fmt: skip
+
+
 def load_model(model_args: ModelConfig, training_args: GRPOConfig):
     quantization_config = get_quantization_config(model_args)
     device_map = None
@@ -142,11 +174,14 @@ def keep_cpu_4bit_weights_trainable(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
+def check_adapter(adapter: str) -> None:
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise InputError(f"adapter folder {adapter} does not exist or holds no adapter_config.json")
+
+
 def attach_adapter(model, adapter: str):
     from peft import PeftModel
 
-    if not (Path(adapter) / "adapter_config.json").is_file():
-        raise InputError(f"adapter folder {adapter} does not exist or holds no adapter_config.json")
     try:
         return PeftModel.from_pretrained(model, adapter)
     except (RuntimeError, ValueError, KeyError) as error:

@@ -9,12 +9,14 @@ import dataclasses
 import difflib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import yaml
 from transformers import HfArgumentParser
+from transformers.hf_argparser import string_to_bool
 from trl import GRPOConfig, ModelConfig
 
 import rewards
@@ -112,6 +114,8 @@ class UniqueKeyLoader(yaml.SafeLoader):
 
 
 def read_config_file(path: Path) -> dict:
+    if path.is_dir():
+        raise InputError(f"config file {path} is a folder: name a YAML file")
     if not path.is_file():
         raise InputError(f"config file {path} does not exist")
     try:
@@ -121,6 +125,36 @@ def read_config_file(path: Path) -> dict:
     if not isinstance(values, dict):
         raise InputError(f"config file {path} must be a mapping of 'setting: value' lines")
     return values
+
+
+def check_value_types(values: dict, parser: HfArgumentParser, where: str) -> None:
+    """A config file's values arrive as YAML types that argparse never sees: check them as it checks the command line
+    (str settings take anything; TRL's own checks see their content)."""
+    actions = {action.dest: action for action in parser._actions}
+    for key, value in values.items():
+        action = actions.get(key)
+        items = value if isinstance(value, list) and action is not None and action.nargs == "+" else [value]
+        for item in items if action is not None else ():
+            if item is not None and not fits_type(action, item):
+                raise InputError(f"{key} is {item!r} {where}, which is not {expected_type(action)}")
+
+
+def fits_type(action, item) -> bool:
+    if action.choices:
+        return not isinstance(item, (list, dict)) and action.type(str(item)) in action.choices
+    if action.type is int:
+        return isinstance(item, int) and not isinstance(item, bool)
+    if action.type is float:
+        return isinstance(item, (int, float)) and not isinstance(item, bool)
+    if action.type is string_to_bool:
+        return isinstance(item, bool)
+    return True
+
+
+def expected_type(action) -> str:
+    if action.choices:
+        return "one of " + ", ".join(str(action.type(str(choice))) for choice in action.choices)
+    return {int: "a whole number", float: "a number", string_to_bool: "true or false"}[action.type]
 
 
 def command_line_keys(argv: list[str]) -> list[str]:
@@ -146,8 +180,37 @@ def check_keys(keys, valid: set[str], where: str, forbidden: set[str] = frozense
             raise InputError(f"unknown setting '{key}' {where}{did_you_mean(key, valid)}")
 
 
+# The counts, rates and intervals a user sets, by what each must be (unset, None, means TRL's default). TRL would train
+# num_train_epochs on a negative max_steps and fail late, or obscurely, on most of the others.
+AT_LEAST_1 = (
+    "per_device_train_batch_size", "gradient_accumulation_steps", "per_device_eval_batch_size",
+    "max_completion_length", "num_generations_eval", "num_iterations", "steps_per_generation", "generation_batch_size",
+    "save_total_limit", "lora_r", "lora_alpha",
+)  # fmt: skip
+ABOVE_0 = ("learning_rate", "logging_steps", "eval_steps", "save_steps", "num_train_epochs", "top_p")
+AT_LEAST_0 = ("warmup_steps", "weight_decay", "max_grad_norm", "completion_samples_every", "lora_dropout")
+
+
+def check_numbers(values: dict) -> None:
+    if values["max_steps"] != -1 and values["max_steps"] < 1:
+        raise InputError(f"max_steps must be a positive number of steps, or -1 to train num_train_epochs, not {values['max_steps']}")  # fmt: skip
+    for keys, ok, rule in (
+        (AT_LEAST_1, lambda value: value >= 1, "at least 1"),
+        (ABOVE_0, lambda value: value > 0, "above 0"),
+        (AT_LEAST_0, lambda value: value >= 0, "0 or more"),
+    ):
+        for key in keys:
+            if values[key] is not None and not ok(values[key]):
+                raise InputError(f"{key} must be {rule}, not {values[key]}")
+    if values["top_p"] > 1:
+        raise InputError(f"top_p must be at most 1, not {values['top_p']}")
+    if values["lora_dropout"] >= 1:
+        raise InputError(f"lora_dropout must be below 1, not {values['lora_dropout']}")
+
+
 def check_values(values: dict) -> None:
     """The mistakes TRL accepts silently or reports obscurely, checked before anything is loaded."""
+    check_numbers(values)
     if values["num_generations"] < 2:
         raise InputError("num_generations must be at least 2: GRPO compares each completion with its group")
     if values["temperature"] <= 0:
@@ -203,7 +266,7 @@ def parse_settings(argv: list[str], constants: dict, config_file: str, script_di
         layers = [replayed_values(saved, constants)]
         sources = {key: "settings.yaml" for key in saved["sources"].keys() - NO_GPU.keys()}
     else:
-        layers, sources = new_run_layers(modes, cli_keys, valid, constants, script_dir)
+        layers, sources = new_run_layers(modes, cli_keys, parser, valid, constants, script_dir)
     if not torch.cuda.is_available():
         # bf16 autocast and bitsandbytes bf16 compute need a GPU; use_cpu makes torchrun's processes one CPU group
         layers.append({key: value for key, value in NO_GPU.items() if key not in cli_keys})
@@ -238,11 +301,12 @@ def parse_settings(argv: list[str], constants: dict, config_file: str, script_di
 NO_GPU = {"use_cpu": True, "bf16": False, "dtype": "float32"}
 
 
-def new_run_layers(modes, cli_keys: list[str], valid: set[str], constants: dict, script_dir: Path) -> tuple[list[dict], dict]:
+def new_run_layers(modes, cli_keys, parser, valid: set[str], constants: dict, script_dir: Path) -> tuple[list[dict], dict]:
     """The layers under the command line of a new run: constants < config file < presets, and their sources."""
     config_path = Path(modes.config) if "config" in cli_keys else script_dir / modes.config
     file_values = read_config_file(config_path)
     check_keys(file_values, valid, f"in {config_path}", COMMAND_LINE_ONLY | constants.keys(), constants.keys())
+    check_value_types(file_values, parser, f"in {config_path}")
     sources = {key: config_path.name for key in file_values}
     layers = [{key: value for key, value in constants.items() if key in LIBRARY_FIELDS}, file_values]
     if modes.smoke:
@@ -307,6 +371,21 @@ def same_setting(saved, given) -> bool:
     """The saved value (YAML of JSON) and the parsed one: enums compare as their strings, tuples as lists."""
     normal = lambda value: list(value) if isinstance(value, (list, tuple)) else value  # noqa: E731
     return normal(saved) == normal(given)
+
+
+def check_output_dir(path: str) -> None:
+    """Fail before anything loads when the run's folder could not be written: a file in its place or above it, or a
+    read-only or unwritable file system. Tried by creating (and removing) a folder where the run's will be."""
+    folder = Path(path).expanduser().absolute()
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"output_dir {path} is a file, not a folder")
+    existing = next(parent for parent in [folder, *folder.parents] if parent.exists())
+    if not existing.is_dir():
+        raise InputError(f"output_dir {path} cannot be created: {existing} is a file")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".grpotrainer-write-test-", dir=existing))
+    except OSError as error:
+        raise InputError(f"output_dir {path} cannot be created: {existing} is not writable ({error.strerror})") from None
 
 
 def claim_output_dir(requested: str, resume: bool) -> str:

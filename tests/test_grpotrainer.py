@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 import rewards
@@ -136,6 +137,25 @@ def test_two_processes_train_with_one_writer(tmp_path):
     tensorboard_log(out)  # exactly one event file
     assert (out / "final" / "adapter_model.safetensors").is_file()
     assert not Path(f"{out}-2").exists()  # both processes agreed on one folder
+
+
+def test_under_torchrun_one_process_reports_a_bad_input(tmp_path):
+    result = run_script("--smoke", "--max_steps", -5, "--output_dir", tmp_path / "run",
+                        launcher=(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"))  # fmt: skip
+    assert result.returncode != 0
+    assert (result.stdout + result.stderr).count("grpotrainer.py: error: max_steps must be") == 1, result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+READ_ONLY_MOUNT = ("unshare", "--map-root-user", "--mount", "sh", "-c", 'mount -t tmpfs -o ro none "$1" && shift && exec "$@"', "sh")  # fmt: skip
+
+
+@pytest.mark.skipif(subprocess.run([*READ_ONLY_MOUNT, "/tmp", "true"]).returncode != 0, reason="no user namespaces")
+def test_an_output_dir_on_a_read_only_file_system_is_one_line_and_exit_2(tmp_path):
+    result = run_script("--smoke", "--output_dir", tmp_path / "run", launcher=(*READ_ONLY_MOUNT, tmp_path, sys.executable))
+    assert result.returncode == 2, result.stderr[-3000:]
+    message = f"grpotrainer.py: error: output_dir {tmp_path / 'run'} cannot be created: {tmp_path} is not writable (Read-only file system)"  # fmt: skip
+    assert result.stderr.strip().splitlines()[-1] == message
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+import yaml
 from peft import get_peft_model
 from safetensors.torch import save_file
 from trl import get_peft_config
@@ -45,16 +46,35 @@ def test_bad_dataset_is_one_line_and_exit_2_and_leaves_no_output_folder(capsys, 
     no_test = tmp_path / "no_test"
     no_test.mkdir()
     (no_test / "train.jsonl").write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    good = '{"question": "1+1?", "answer": "#### 2"}\n'
+    (broken / "train.jsonl").write_text(good * 3 + '{"question": "2+2?", "answer": \n' + good * 3)
+    (broken / "test.jsonl").write_text(good)
     out = tmp_path / "out"
     cases = {
+        broken: f"dataset file {broken / 'train.jsonl'} line 4 is not valid JSON (Expecting value)",
         tmp_path / "missing": "does not exist",
         tmp_path / "missing.jsonl": "does not exist",
         no_column: "has no 'question' column",
         no_test: "has no test.jsonl",
     }
     for dataset, message in cases.items():
-        assert message in error_line(capsys, ["--smoke", "--dataset_name", dataset, "--output_dir", out])
+        assert message in error_line(capsys, ["--smoke", "--dataset_name", dataset, "--eval_samples", 1, "--output_dir", out])
     assert not out.exists()
+
+
+def test_what_only_the_model_reveals_fails_before_its_weights_load(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(loading, "load_model", lambda *args: pytest.fail("the model's weights were loaded"))
+    (tmp_path / "settings.yaml").write_text(yaml.safe_dump(grpotrainer.read_settings(["--smoke"]).as_dict()))
+    cases = {
+        ("--lora_target_modules", "q_proj", "qq_proj"): f"lora_target_modules: {smoke.SMOKE_DIR / 'model'} has no module 'qq_proj' (its linear layers: down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj)",
+        ("--eval_only", "--adapter", tmp_path / "missing"): f"adapter folder {tmp_path / 'missing'} does not exist or holds no adapter_config.json",
+        ("--resume", "--output_dir", tmp_path): f"--resume: no complete checkpoint-<step> folder in {tmp_path} to continue from",
+    }  # fmt: skip
+    for args, message in cases.items():
+        assert message in error_line(capsys, ["--smoke", *args] if "--resume" not in args else args)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["settings.yaml"]
 
 
 def lora_gradients(run, evaluate_first: bool):

@@ -10,7 +10,7 @@ import grpotrainer
 import rewards
 import settings
 import smoke
-from conftest import error_line
+from conftest import REPO, error_line
 
 
 def test_constants_feed_the_library_configs():
@@ -131,6 +131,17 @@ def test_resume_needs_the_runs_settings(capsys, tmp_path):
         (["--temperature", "0"], "temperature must be above 0"),
         (["--kl_coef", "-0.1"], "kl_coef must be 0"),
         (["--eval_samples", "0"], "eval_samples must be at least 1"),
+        (["--max_steps", "-5"], "max_steps must be a positive number of steps, or -1 to train num_train_epochs, not -5"),
+        (["--learning_rate", "0"], "learning_rate must be above 0, not 0.0"),
+        (["--logging_steps", "0"], "logging_steps must be above 0, not 0"),
+        (["--save_steps", "-10"], "save_steps must be above 0, not -10"),
+        (["--per_device_train_batch_size", "0"], "per_device_train_batch_size must be at least 1, not 0"),
+        (["--lora_r", "0"], "lora_r must be at least 1, not 0"),
+        (["--warmup_steps", "-1"], "warmup_steps must be 0 or more, not -1"),
+        (["--completion_samples_every", "-1"], "completion_samples_every must be 0 or more, not -1"),
+        (["--lora_dropout", "1"], "lora_dropout must be below 1, not 1.0"),
+        (["--top_p", "1.5"], "top_p must be at most 1, not 1.5"),
+        (["--config", str(REPO / "configs")], f"config file {REPO / 'configs'} is a folder: name a YAML file"),
         (["--use_vllm", "true"], "4-bit loading with vLLM generation is broken upstream: set load_in_4bit: false"),
         (["--adapter", "x"], "--adapter is for --eval_only"),
         (["--reward_weights", "0.5", "0.5"], "reward_weights needs 4 numbers, one per reward in order: format_reward"),
@@ -159,12 +170,30 @@ def test_batch_not_divisible_by_generations_explains_trls_rule(capsys):
         ("resume_from_checkpoint: true\n", "'resume_from_checkpoint' is called 'resume' here"),
         ("max_steps: [1, 2\n", "is not valid YAML"),
         ("- max_steps\n", "must be a mapping"),
+        ("max_steps: abc\n", "max_steps is 'abc' in"),
+        ("max_steps: 1.5\n", "max_steps is 1.5 in"),
+        ("learning_rate: fast\n", "learning_rate is 'fast' in"),
+        ("bf16: maybe\n", "bf16 is 'maybe' in"),
+        ("eval_strategy: sometimes\n", "which is not one of no, steps, epoch"),
+        ("reward_weights: [1, x, 1, 1]\n", "reward_weights is 'x' in"),
     ],
 )
 def test_bad_config_file_is_one_line_and_exit_2(capsys, tmp_path, text, message):
     config = tmp_path / "bad.yaml"
     config.write_text(text)
     assert message in error_line(capsys, ["--config", config])
+
+
+def test_an_output_dir_that_cannot_be_written_fails_before_anything_loads(capsys, tmp_path):
+    (tmp_path / "file").write_text("")
+    cases = {
+        tmp_path / "file": "output_dir {} is a file, not a folder",
+        tmp_path / "file" / "run": f"output_dir {{}} cannot be created: {tmp_path / 'file'} is a file",
+        "/proc/sys/run": "output_dir {} cannot be created: /proc/sys is not writable",
+    }
+    for output_dir, message in cases.items():
+        assert message.format(output_dir) in error_line(capsys, ["--smoke", "--output_dir", output_dir])
+    assert [path.name for path in tmp_path.iterdir()] == ["file"]
 
 
 def test_output_dir_is_never_reused_unless_resuming(tmp_path):
