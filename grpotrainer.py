@@ -195,14 +195,15 @@ def load_inputs(run: RunSettings) -> Inputs:
         smoke.build_assets()
     tokenizer = loading.load_tokenizer(run.model, training)
     loading.check_lora_targets(run.model, training)
+    data_options = (script.eval_holdout, script.drop_unparsable_answers)
     evaluates = script.eval_only or script.eval_before_and_after or training.eval_strategy != "no"
     with PartialState().main_process_first():  # the main process fills the datasets cache, the others read it
         eval_set = train_set = None
         if evaluates:
-            test = loading.load_split(script.dataset_name, script.dataset_config, "test")
+            test = loading.load_split(script.dataset_name, script.dataset_config, "test", *data_options)
             eval_set = loading.to_chat_prompts(test, PROMPT, script.eval_samples)
         if not script.eval_only:
-            train = loading.load_split(script.dataset_name, script.dataset_config, "train")
+            train = loading.load_split(script.dataset_name, script.dataset_config, "train", *data_options)
             train_set = loading.to_chat_prompts(train, PROMPT)
     model = loading.load_model(run.model, training)
     if script.adapter:

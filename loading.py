@@ -24,8 +24,9 @@ def looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).suffix in (".jsonl", ".json", ".parquet")
 
 
-def load_split(name: str, config: str | None, split: str) -> Dataset:
-    """One split of a local folder (train.jsonl/test.jsonl or parquet), a single local file, or a hub dataset."""
+def load_split(name: str, config: str | None, split: str, holdout: int = 0, drop_unparsable: bool = False) -> Dataset:
+    """One split of a local folder (train.jsonl/test.jsonl or parquet), a single local file (its last `holdout` rows
+    the test split, the others train, or all of it for both when 0), or a hub dataset; each row's gold answer parsed."""
     path = Path(name).expanduser()
     if path.is_dir():
         files = sorted(path.glob(f"{split}.jsonl")) + sorted(path.glob(f"{split}*.parquet"))
@@ -35,7 +36,7 @@ def load_split(name: str, config: str | None, split: str) -> Dataset:
     elif path.is_file():
         if path.suffix not in (".jsonl", ".json", ".parquet"):
             raise InputError(f"dataset file {name} must be .jsonl or .parquet")
-        dataset = load_local([path])
+        dataset = held_out(load_local([path]), split, holdout, name)
     elif looks_like_path(name):
         raise InputError(f"dataset path {name} does not exist")
     else:
@@ -46,7 +47,29 @@ def load_split(name: str, config: str | None, split: str) -> Dataset:
                 f"could not load dataset '{name}' split '{split}' from the hub ({type(error).__name__}); "
                 f"offline, point --dataset_name at a folder with train.jsonl and test.jsonl"
             ) from None
-    return check_columns(dataset, name)
+    return parse_gold_answers(check_columns(dataset, name), f"{name} ({split})", drop_unparsable)
+
+
+def held_out(dataset: Dataset, split: str, holdout: int, name: str) -> Dataset:
+    if holdout >= len(dataset):
+        raise InputError(f"eval_holdout is {holdout}, but dataset {name} holds only {len(dataset)} rows")
+    cut = len(dataset) - holdout
+    return dataset.select(range(cut, len(dataset)) if split == "test" and holdout else range(cut))
+
+
+def parse_gold_answers(dataset: Dataset, name: str, drop_unparsable: bool) -> Dataset:
+    """Adds the ground_truth column the rewards read. A gold answer with no number would score every completion 0:
+    an error, unless the run asks to drop such rows, which it then counts."""
+    dataset = dataset.map(lambda example: {"ground_truth": rewards.parse_ground_truth(example["answer"])})
+    bad = [i for i, truth in enumerate(dataset["ground_truth"]) if not truth]
+    if bad and not drop_unparsable:
+        raise InputError(
+            f"{len(bad)} of {len(dataset)} rows of dataset {name} have a gold answer with no number, the first "
+            f"(row {bad[0] + 1}): {dataset[bad[0]]['answer'][-80:]!r}; fix them, or set --drop_unparsable_answers true"
+        )
+    if bad and PartialState().is_main_process:
+        print(f"dataset {name}: dropped {len(bad)} of {len(dataset)} rows whose gold answer has no number")
+    return dataset.select(sorted(set(range(len(dataset))) - set(bad))) if bad else dataset
 
 
 def load_local(files: list[Path]) -> Dataset:
@@ -82,16 +105,13 @@ def check_columns(dataset: Dataset, name: str) -> Dataset:
 
 def to_chat_prompts(dataset: Dataset, prompt: str, limit: int | None = None) -> Dataset:
     """The first `limit` rows (all if None) with a conversational `prompt` (TRL applies the model's chat template)
-    built from `prompt`'s {question}, and the `ground_truth` that the rewards read."""
+    built from `prompt`'s {question}."""
     if limit is not None:
         if limit > len(dataset):
             raise InputError(f"eval_samples is {limit}, but the test split holds only {len(dataset)} questions")
         dataset = dataset.select(range(limit))
     return dataset.map(
-        lambda example: {
-            "prompt": [{"role": "user", "content": prompt.format(question=example["question"])}],
-            "ground_truth": rewards.parse_ground_truth(example["answer"]),
-        }
+        lambda example: {"prompt": [{"role": "user", "content": prompt.format(question=example["question"])}]}
     )
 
 

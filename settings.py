@@ -40,6 +40,12 @@ class ScriptOptions:
     eval_only: bool = dataclasses.field(default=False, metadata={"help": "Only measure GSM8K test accuracy."})
     adapter: str | None = dataclasses.field(default=None, metadata={"help": "A LoRA adapter folder to evaluate."})
     resume: bool = dataclasses.field(default=False, metadata={"help": "Continue from output_dir's last checkpoint."})
+    eval_holdout: int = dataclasses.field(
+        default=0, metadata={"help": "With one dataset file: its last N rows are the test split, never trained on."}
+    )
+    drop_unparsable_answers: bool = dataclasses.field(
+        default=False, metadata={"help": "Drop (and count) rows whose gold answer has no number, instead of failing."}
+    )
 
 
 COMMAND_LINE_ONLY = {"config", "smoke", "eval_only", "adapter", "resume"}
@@ -208,6 +214,22 @@ def check_numbers(values: dict) -> None:
         raise InputError(f"lora_dropout must be below 1, not {values['lora_dropout']}")
 
 
+def check_dataset_split(values: dict) -> None:
+    """A run is never evaluated on the questions it trains on: one dataset file needs rows held out for evaluation."""
+    one_file = Path(values["dataset_name"]).expanduser().is_file()
+    evaluates = values["eval_before_and_after"] or values["eval_strategy"] != "no"
+    if values["eval_holdout"] < 0:
+        raise InputError(f"eval_holdout must be 0 or more, not {values['eval_holdout']}")
+    if values["eval_holdout"] and not one_file:
+        raise InputError("eval_holdout is for a dataset that is one file; a folder's test split is its test.jsonl")
+    if one_file and evaluates and not values["eval_only"] and not values["eval_holdout"]:
+        raise InputError(
+            f"dataset {values['dataset_name']} is one file, and a run must not be evaluated on its own training "
+            f"questions: set --eval_holdout N to evaluate on its last N rows only, or give a folder with train.jsonl "
+            f"and test.jsonl"
+        )
+
+
 def check_values(values: dict) -> None:
     """The mistakes TRL accepts silently or reports obscurely, checked before anything is loaded."""
     check_numbers(values)
@@ -223,6 +245,7 @@ def check_values(values: dict) -> None:
     if weights is not None and len(weights) != len(rewards.REWARDS):
         names = ", ".join(function.__name__ for function, _ in rewards.REWARDS)
         raise InputError(f"reward_weights needs {len(rewards.REWARDS)} numbers, one per reward in order: {names}")
+    check_dataset_split(values)
     if values["adapter"] and not values["eval_only"]:
         raise InputError("--adapter is for --eval_only: training always starts a new adapter (or --resume)")
     if values["use_vllm"] and values["load_in_4bit"]:

@@ -32,6 +32,32 @@ def test_a_single_jsonl_file_is_a_dataset_too():
     assert len(loading.load_split(str(GSM8K / "test.jsonl"), None, "train")) == 1319
 
 
+def test_one_dataset_file_is_split_into_training_rows_and_held_out_test_rows(capsys, tmp_path):
+    file = tmp_path / "gsm8k.jsonl"
+    file.write_text("".join(json.dumps(row) + "\n" for row in smoke.synthetic_gsm8k_rows(40, seed=0)))
+    train, test = (loading.load_split(str(file), None, split, holdout=10) for split in ("train", "test"))
+    assert (len(train), len(test)) == (30, 10) and not set(train["question"]) & set(test["question"])
+    message = f"dataset {file} is one file, and a run must not be evaluated on its own training questions: set --eval_holdout N"  # fmt: skip
+    assert message in error_line(capsys, ["--smoke", "--dataset_name", file, "--output_dir", tmp_path / "out"])
+    assert "eval_holdout is 40, but dataset" in error_line(capsys, ["--smoke", "--dataset_name", file, "--eval_holdout", 40])
+    assert "eval_holdout is for a dataset that is one file" in error_line(capsys, ["--smoke", "--eval_holdout", 5])
+    assert grpotrainer.read_settings(["--smoke", "--eval_only", "--dataset_name", str(file)]).script.eval_holdout == 0
+    assert not (tmp_path / "out").exists()
+
+
+def test_gold_answers_without_a_number_are_an_error_or_dropped_and_counted(capsys, tmp_path):
+    rows = smoke.synthetic_gsm8k_rows(10, seed=0)
+    rows[3]["answer"] = rows[7]["answer"] = "It is #### many"
+    for split in ("train", "test"):
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    message = f"2 of 10 rows of dataset {tmp_path} (test) have a gold answer with no number, the first (row 4): 'It is #### many'; fix them, or set --drop_unparsable_answers true"  # fmt: skip
+    assert message in error_line(capsys, ["--smoke", "--dataset_name", tmp_path, "--eval_samples", 5, "--output_dir", tmp_path / "out"])  # fmt: skip
+    kept = loading.load_split(str(tmp_path), None, "train", drop_unparsable=True)
+    assert len(kept) == 8 and all(kept["ground_truth"])
+    assert f"dataset {tmp_path} (train): dropped 2 of 10 rows whose gold answer has no number" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()
+
+
 def test_asking_for_more_questions_than_the_split_holds_is_an_error():
     rows = loading.load_split(str(smoke.write_synthetic_gsm8k(smoke.SMOKE_DIR / "gsm8k")), None, "test")
     with pytest.raises(loading.InputError, match=f"eval_samples is 1000, but the test split holds only {len(rows)}"):
