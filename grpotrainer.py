@@ -193,6 +193,7 @@ def load_inputs(run: RunSettings) -> Inputs:
         loading.check_adapter(script.adapter)
     if script.smoke:
         smoke.build_assets()
+    loading.work_offline_unless_the_hub_answers([script.model_name, script.dataset_name])
     tokenizer = loading.load_tokenizer(run.model, training)
     loading.check_lora_targets(run.model, training)
     data_options = (script.eval_holdout, script.drop_unparsable_answers)

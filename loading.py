@@ -3,11 +3,15 @@ an optional LoRA adapter. What cannot be loaded is an InputError: one line and e
 
 import importlib.util
 import json
+import socket
 import zipfile
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from accelerate import PartialState, init_empty_weights
+import datasets
+import huggingface_hub
 from datasets import Dataset, load_dataset
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, ModelConfig, get_quantization_config
@@ -16,12 +20,41 @@ import rewards
 from settings import InputError
 
 # ---------------------------------------------------------------------------------------------------------------------
+# The hub: asked only when a name is no local path, and never waited for
+
+OFFLINE_HINT = "offline, name a local {} (HF_HUB_OFFLINE=1 uses the hub's local cache only)"
+
+
+def work_offline_unless_the_hub_answers(names: list[str]) -> None:
+    """Unreachable, the hub libraries retry each request for a minute; ask once, in seconds, and if the hub does not
+    answer work from its local cache alone, as HF_HUB_OFFLINE=1 does."""
+    if huggingface_hub.constants.HF_HUB_OFFLINE or not [name for name in names if not looks_like_path(name) and not Path(name).exists()]:  # fmt: skip
+        return
+    endpoint = urlparse(huggingface_hub.constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=5).close()
+    except OSError:
+        huggingface_hub.constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+
+
+def hub_error(what: str, name: str, local: str, error: Exception) -> InputError:
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        reason = "the hub cannot be reached and it is not in the local cache; " + OFFLINE_HINT.format(local)
+    else:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return InputError(f"could not load {what} '{name}': {reason}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Data: GSM8K from the hub or a local folder/file, as conversational prompts with a ground_truth column
 
 
 def looks_like_path(name: str) -> bool:
     """A hub id is 'name' or 'owner/name'; anything else is a local path that must exist."""
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).suffix in (".jsonl", ".json", ".parquet")
+
+
+DATASET_FOLDER = "dataset folder with train.jsonl and test.jsonl with --dataset_name"
 
 
 def load_split(name: str, config: str | None, split: str, holdout: int = 0, drop_unparsable: bool = False) -> Dataset:
@@ -43,10 +76,7 @@ def load_split(name: str, config: str | None, split: str, holdout: int = 0, drop
         try:
             dataset = load_dataset(name, config, split=split)
         except Exception as error:  # the hub's many errors: offline, unknown repo, unknown config or split
-            raise InputError(
-                f"could not load dataset '{name}' split '{split}' from the hub ({type(error).__name__}); "
-                f"offline, point --dataset_name at a folder with train.jsonl and test.jsonl"
-            ) from None
+            raise hub_error(f"the {split} split of dataset", name, DATASET_FOLDER, error) from None
     return parse_gold_answers(check_columns(dataset, name), f"{name} ({split})", drop_unparsable)
 
 
@@ -127,7 +157,7 @@ def attention_implementation(model_args: ModelConfig) -> str:
 
 
 def model_load_error(name: str, error: Exception) -> InputError:
-    return InputError(f"could not load model '{name}': {str(error).strip().splitlines()[0]}")
+    return hub_error("model", name, "model folder with --model_name", error)
 
 
 def load_tokenizer(model_args: ModelConfig, training_args: GRPOConfig):

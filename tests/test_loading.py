@@ -14,7 +14,7 @@ from trl import get_peft_config
 import grpotrainer
 import loading
 import smoke
-from conftest import GSM8K, error_line, needs_gsm8k
+from conftest import ENV, GSM8K, error_line, needs_gsm8k, run_script
 
 
 @needs_gsm8k
@@ -101,6 +101,19 @@ def test_what_only_the_model_reveals_fails_before_its_weights_load(capsys, tmp_p
     for args, message in cases.items():
         assert message in error_line(capsys, ["--smoke", *args] if "--resume" not in args else args)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["settings.yaml"]
+
+
+def test_an_unreachable_hub_is_one_line_that_says_how_to_run_offline(tmp_path):
+    unreachable = {key: value for key, value in ENV.items() if key != "HF_HUB_OFFLINE"} | {"HF_ENDPOINT": "http://127.0.0.1:9"}  # fmt: skip
+    cases = {
+        ("--model_name", "nobody-here/no-model"): "could not load model 'nobody-here/no-model': the hub cannot be reached and it is not in the local cache; offline, name a local model folder with --model_name (HF_HUB_OFFLINE=1 uses the hub's local cache only)",
+        ("--smoke", "--dataset_name", "nobody-here/no-data"): "could not load the test split of dataset 'nobody-here/no-data': the hub cannot be reached and it is not in the local cache; offline, name a local dataset folder with train.jsonl and test.jsonl with --dataset_name",
+    }  # fmt: skip
+    for args, message in cases.items():
+        result = run_script(*args, "--output_dir", tmp_path / "out", env=unreachable)
+        assert result.returncode == 2 and "Retry" not in result.stderr, result.stderr
+        assert result.stderr.strip().splitlines()[-1].startswith(f"grpotrainer.py: error: {message}")
+    assert not (tmp_path / "out").exists()
 
 
 def lora_gradients(run, evaluate_first: bool):
