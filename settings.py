@@ -10,6 +10,7 @@ import difflib
 import json
 import os
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import NamedTuple
 
@@ -419,13 +420,26 @@ def claim_output_dir(requested: str, resume: bool) -> str:
     return next(path for path in candidates if not Path(path).exists() or not any(Path(path).iterdir()))
 
 
+# The layers in the order they apply, for the printed settings; the config file (named as it is) comes second.
+LAYER_ORDER = ["grpotrainer.py", "settings.yaml", "--smoke", "--eval_only", "no GPU", "command line"]
+
+
 def report_settings(run: RunSettings, constants: dict) -> None:
-    """Print the resolved settings (the constants first, then every other value that was set) as they are saved, and
-    save them all in the output folder as settings.yaml. Call it on the main process."""
+    """Print the constants and every other value that was set, as they are saved, grouped by where they came from in
+    the order those layers apply; save them all in the output folder as settings.yaml. Call it on the main process."""
     saved = run.as_dict()
     plain = saved["model"] | saved["training"] | saved["script"]  # as RunSettings.value looks them up, enums as text
-    shown = sorted(constants) + sorted(run.sources.keys() - constants.keys())
-    lines = [f"  {key}: {plain[key]}" + (f"    ({run.sources[key]})" if key in run.sources else "") for key in shown]
+    groups = {}
+    for key in sorted(constants.keys() | run.sources.keys()):
+        groups.setdefault(run.sources.get(key, "grpotrainer.py"), []).append(f"{key}={plain[key]}")
+    rank = lambda source: LAYER_ORDER.index(source) if source in LAYER_ORDER else 0.5  # noqa: E731
+    lines = [
+        textwrap.fill(", ".join(values), 120, initial_indent=f"  {source}: ", subsequent_indent="      ", break_long_words=False)  # fmt: skip
+        for source, values in sorted(groups.items(), key=lambda group: rank(group[0]))
+    ]
+    for preset in ("--smoke", "--eval_only"):
+        if replaced := sorted(key for key in constants if run.sources.get(key) == preset):
+            lines.append(f"  ({preset} replaces grpotrainer.py's {', '.join(replaced)}: edits there have no effect with it)")
     layers = "settings.yaml < command line" if run.script.resume else "grpotrainer.py < config file < --smoke < command line"  # fmt: skip
     print(f"settings ({layers}):\n" + "\n".join(lines))
     folder = Path(run.training.output_dir)

@@ -78,7 +78,7 @@ def test_ctrl_c_saves_a_checkpoint_that_the_printed_command_continues(tmp_path):
         cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     for line in process.stdout:
-        if "'loss'" in line:  # training is under way
+        if line.startswith("step 2/12: rewards"):  # training is under way
             process.send_signal(signal.SIGINT)
             break
     output = process.stdout.read()
@@ -89,7 +89,7 @@ def test_ctrl_c_saves_a_checkpoint_that_the_printed_command_continues(tmp_path):
     command = output.split("Continue with: python grpotrainer.py ")[1].split()  # verbatim, as a user pastes it
     resumed = run_script(*command)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "settings (settings.yaml < command line)" in resumed.stdout and "smoke: True" in resumed.stdout
+    assert "settings (settings.yaml < command line)" in resumed.stdout and "smoke=True" in resumed.stdout
     state = json.loads((out / "checkpoint-12" / "trainer_state.json").read_text())
     assert state["global_step"] == 12 and (out / "final" / "adapter_model.safetensors").is_file()
 

@@ -206,14 +206,17 @@ def test_output_dir_is_never_reused_unless_resuming(tmp_path):
     assert settings.claim_output_dir(str(first), resume=True) == str(first)
 
 
-def test_report_prints_constants_then_what_was_set_with_sources_and_saves_everything(tmp_path, capsys):
-    run = grpotrainer.read_settings(["--smoke", "--output_dir", str(tmp_path / "run")])
+def test_report_prints_plain_values_grouped_by_source_in_layer_order_and_saves_everything(tmp_path, capsys):
+    run = grpotrainer.read_settings(["--smoke", "--output_dir", str(tmp_path / "run"), "--eval_strategy", "steps"])
     settings.report_settings(run, grpotrainer.CONSTANTS)
-    lines = capsys.readouterr().out.splitlines()
+    out = capsys.readouterr().out
+    lines = out.splitlines()
     assert lines[0] == "settings (grpotrainer.py < config file < --smoke < command line):"
-    keys = [line.split(":")[0].strip() for line in lines[1:]]
-    assert keys[: len(grpotrainer.CONSTANTS)] == sorted(grpotrainer.CONSTANTS)
-    assert f"  output_dir: {tmp_path / 'run'}    (command line)" in lines and "  max_steps: 80    (--smoke)" in lines
+    sources = [line.split(":")[0].strip() for line in lines[1:] if not line.startswith("      ")]
+    assert sources[:5] == ["grpotrainer.py", "config.yaml", "--smoke", "no GPU", "command line"]
+    assert f"output_dir={tmp_path / 'run'}" in out and "max_steps=80" in out and "eval_strategy=steps" in out
+    assert "IntervalStrategy" not in out and "SchedulerType" not in out
+    assert "(--smoke replaces grpotrainer.py's dataset_config, dataset_name, eval_samples, model_name, num_generations, temperature: edits there have no effect with it)" in out  # fmt: skip
     saved = yaml.safe_load((tmp_path / "run" / "settings.yaml").read_text())
     assert saved == yaml.safe_load(yaml.safe_dump(run.as_dict()))
     assert saved["training"]["beta"] == grpotrainer.KL_COEF and saved["script"]["smoke"] is True
