@@ -302,6 +302,9 @@ def parse_settings(argv: list[str], constants: dict, config_file: str, script_di
     if unparsed:
         raise InputError(f"unexpected argument '{unparsed[0]}': settings are given as --name value")
     values = vars(namespace)
+    if values["eval_only"] and "output_dir" not in cli_keys:
+        values["output_dir"] = eval_output_dir(values["output_dir"], values["model_name"], values["adapter"])
+        sources["output_dir"] = "--eval_only"
     if modes.resume:
         check_resume_changes(saved, values, cli_keys)
     check_values(values)
@@ -340,6 +343,15 @@ def new_run_layers(modes, cli_keys, parser, valid: set[str], constants: dict, sc
         layers.append({"eval_samples": None})  # --eval_only scores the whole test split unless told otherwise
         sources["eval_samples"] = "--eval_only"
     return layers, sources
+
+
+def eval_output_dir(output_dir: str, model_name: str, adapter: str | None) -> str:
+    """--eval_only's results beside what they measure, never mistaken for a training run: an adapter of a run in that
+    run's folder (RUN/eval-final), anything else in eval-<model>[-<adapter>] beside the training runs."""
+    if adapter and (Path(adapter).parent / "settings.yaml").is_file():
+        return str(Path(adapter).parent / f"eval-{Path(adapter).name}")
+    name = "-".join(Path(part.rstrip("/")).name for part in [model_name, adapter] if part)
+    return str(Path(output_dir).parent / f"eval-{name}")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -36,6 +36,21 @@ def test_smoke_run_logs_the_reference_metrics_to_tensorboard(smoke_run):
     assert evaluated_at == [0, 40, 80]  # before training, every eval_steps, and after (not twice at step 80)
 
 
+def test_smoke_console_is_one_short_line_per_logging_step_and_fits_a_screen(smoke_run):
+    stdout = smoke_run[1]
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    steps = [line for line in lines if line.startswith("step ") and "rewards" in line]
+    assert len(steps) == 80 // smoke.preset()["logging_steps"] and all(len(line) <= 120 for line in steps)
+    assert steps[0].startswith("step 2/80: rewards ") and "correct " in steps[0] and " s/step" in steps[0]
+    assert "{'loss'" not in stdout and "IntervalStrategy" not in stdout and len(lines) <= 70
+
+
+def test_a_bad_input_is_the_only_line_on_stderr():
+    result = run_script("--max_steps", -5)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "grpotrainer.py: error: max_steps must be a positive number of steps, or -1 to train num_train_epochs, not -5"  # fmt: skip
+
+
 def test_smoke_run_visibly_learns(smoke_run):
     mean = scalars(smoke_run[0])["train/rewards/mean"]
     first, last = sum(mean[:5]) / 5, sum(mean[-5:]) / 5  # the first and last 10 of 80 steps
@@ -134,6 +149,7 @@ def test_two_processes_train_with_one_writer(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.count("settings (grpotrainer.py") == 1
+    assert "find_unused_parameters" not in result.stderr and "FutureWarning" not in result.stderr
     tensorboard_log(out)  # exactly one event file
     assert (out / "final" / "adapter_model.safetensors").is_file()
     assert not Path(f"{out}-2").exists()  # both processes agreed on one folder
@@ -182,9 +198,14 @@ def test_eval_only_prints_the_accuracy_of_its_rows_and_is_deterministic(tmp_path
     assert f"{tmp_path / 'a'} holds an earlier run, kept as it is: this run writes to {tmp_path / 'a-2'}" in second.stdout
 
 
-def test_eval_only_with_the_adapter_of_a_smoke_run(smoke_run, tmp_path):
-    result, rows, summary = eval_only("--adapter", smoke_run[0] / "final", "--output_dir", tmp_path / "e")
+def test_eval_only_of_a_runs_adapter_writes_inside_that_run_and_says_where(smoke_run):
+    result = run_script("--smoke", "--eval_only", "--adapter", smoke_run[0] / "final")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = smoke_run[0] / "eval-final"
+    rows = [json.loads(line) for line in (results / "eval_results.jsonl").open()]
+    summary = json.loads((results / "eval_summary.json").read_text())
     assert len(rows) == 64 and summary["adapter"] == str(smoke_run[0] / "final")
+    assert result.stdout.strip().splitlines()[-1] == f"results: {results}/eval_results.jsonl and eval_summary.json"
 
 
 def test_eval_only_bad_input_is_one_line_and_exit_2(capsys, tmp_path):

@@ -2,6 +2,7 @@
 line with exit code 2, and output folders that never overwrite an earlier run."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import yaml
@@ -63,6 +64,19 @@ def test_eval_only_scores_the_whole_split_unless_told_and_says_so():
     assert run.script.eval_samples is None and run.sources["eval_samples"] == "--eval_only"
     run = grpotrainer.read_settings(["--eval_only", "--eval_samples", "5"])
     assert run.script.eval_samples == 5 and run.sources["eval_samples"] == "command line"
+
+
+def test_eval_only_results_go_beside_what_they_measure(tmp_path):
+    run = grpotrainer.read_settings(["--eval_only", "--model_name", "Qwen/Qwen3-0.6B"])
+    assert run.training.output_dir == str(Path(grpotrainer.OUTPUT_DIR).parent / "eval-Qwen3-0.6B")
+    (tmp_path / "run" / "final").mkdir(parents=True)
+    run = grpotrainer.read_settings(["--eval_only", "--adapter", str(tmp_path / "run" / "final")])
+    assert run.training.output_dir == str(Path(grpotrainer.OUTPUT_DIR).parent / "eval-Qwen3-8B-final")
+    (tmp_path / "run" / "settings.yaml").write_text("")  # an adapter of a run: its evaluation lives in the run
+    run = grpotrainer.read_settings(["--eval_only", "--adapter", str(tmp_path / "run" / "final")])
+    assert run.training.output_dir == str(tmp_path / "run" / "eval-final") and run.sources["output_dir"] == "--eval_only"
+    run = grpotrainer.read_settings(["--eval_only", "--output_dir", str(tmp_path / "mine")])
+    assert run.training.output_dir == str(tmp_path / "mine")
 
 
 def test_renamed_library_settings_are_set_from_ours():
