@@ -45,10 +45,10 @@ warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing\w*` is
 import torch
 from accelerate import PartialState
 from datasets import Dataset
+from tqdm.auto import tqdm
 from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 from transformers.integrations import TensorBoardCallback
 from trl import GRPOTrainer, get_peft_config
-from tqdm.auto import tqdm
 from trl.models import unwrap_model_for_generation
 
 import evaluation
@@ -165,7 +165,8 @@ class StepLines(ProgressCallback):
 
 
 def step_line(state, logs: dict) -> str | None:
-    """step 10/80: rewards 0.31 (best 0.62, worst 0.05), correct 12%, kl 0.0031, entropy 2.41, clipped 97%, 1.9 s/step"""
+    """The console line of a logging step, e.g.
+    step 10/80: rewards 0.31 (best 0.62, worst 0.05), correct 12%, kl 0.0031, entropy 2.41, clipped 97%, 1.9 s/step"""
     if "train_runtime" in logs:
         return f"trained to step {state.global_step} in {logs['train_runtime']:.0f} s"
     if "rewards/mean" not in logs:  # an evaluation, which prints its own line
@@ -173,14 +174,14 @@ def step_line(state, logs: dict) -> str | None:
     parts = [
         f"rewards {logs['rewards/mean']:.2f} (best {logs['rewards/best']:.2f}, worst {logs['rewards/worst']:.2f})",
         f"correct {logs.get(CORRECT, 0):.0%}",
-        *(f"{name} {logs[key]:.3g}" for name, key in (("kl", "objective/kl"), ("entropy", "objective/entropy")) if key in logs),
+        *(f"{name} {logs[key]:.3g}" for name, key in (("kl", KL), ("entropy", ENTROPY)) if key in logs),
         f"clipped {logs.get('completions/clipped_ratio', 0):.0%}",
         f"{logs.get('step_time', 0):.1f} s/step",
     ]  # fmt: skip
     return f"step {state.global_step}/{state.max_steps}: " + ", ".join(parts)
 
 
-CORRECT = f"rewards/{rewards.correctness_reward.__name__}/mean"
+CORRECT, KL, ENTROPY = f"rewards/{rewards.correctness_reward.__name__}/mean", "objective/kl", "objective/entropy"
 
 
 class SaveOnInterrupt(TrainerCallback):
@@ -325,7 +326,7 @@ def main(argv: list[str]) -> int:
         state.destroy_process_group()  # as Trainer.end() does: a live gloo/NCCL group can abort the exit
         return exit_code
     except InputError as error:
-        if int(os.environ.get("RANK", 0)) == 0:  # under torchrun every process finds the same error: one says it
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process finds the same error: one says it
             print(f"grpotrainer.py: error: {error}", file=sys.stderr)
         return 2
 

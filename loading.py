@@ -8,10 +8,10 @@ import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
-import torch
-from accelerate import PartialState, init_empty_weights
 import datasets
 import huggingface_hub
+import torch
+from accelerate import PartialState, init_empty_weights
 from datasets import Dataset, load_dataset
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, ModelConfig, get_quantization_config

@@ -328,7 +328,7 @@ def parse_settings(argv: list[str], constants: dict, config_file: str, script_di
 NO_GPU = {"use_cpu": True, "bf16": False, "dtype": "float32"}
 
 
-def new_run_layers(modes, cli_keys, parser, valid: set[str], constants: dict, script_dir: Path) -> tuple[list[dict], dict]:
+def new_run_layers(modes, cli_keys, parser, valid, constants: dict, script_dir: Path) -> tuple[list[dict], dict]:
     """The layers under the command line of a new run: constants < config file < presets, and their sources."""
     config_path = Path(modes.config) if "config" in cli_keys else script_dir / modes.config
     file_values = read_config_file(config_path)
@@ -392,7 +392,7 @@ def replayed_values(saved: dict, constants: dict) -> dict:
 
 def check_resume_changes(saved: dict, values: dict, cli_keys: list[str]) -> None:
     if "config" in cli_keys:
-        raise InputError("--config cannot be combined with --resume: a resumed run keeps the settings it was saved with")
+        raise InputError("--config cannot be combined with --resume: a resumed run keeps the settings it was saved with")  # fmt: skip
     for key in cli_keys:
         key = key if key in values else key.removeprefix("no_")
         before = saved_value(saved, key)
@@ -404,9 +404,12 @@ def check_resume_changes(saved: dict, values: dict, cli_keys: list[str]) -> None
 
 
 def same_setting(saved, given) -> bool:
-    """The saved value (YAML of JSON) and the parsed one: enums compare as their strings, tuples as lists."""
-    normal = lambda value: list(value) if isinstance(value, (list, tuple)) else value  # noqa: E731
-    return normal(saved) == normal(given)
+    """The saved value (YAML of JSON) and the parsed one: enums compare as their strings, one item as a list of it."""
+    return as_list(saved) == as_list(given)
+
+
+def as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def check_output_dir(path: str) -> None:
@@ -421,7 +424,8 @@ def check_output_dir(path: str) -> None:
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".grpotrainer-write-test-", dir=existing))
     except OSError as error:
-        raise InputError(f"output_dir {path} cannot be created: {existing} is not writable ({error.strerror})") from None
+        message = f"output_dir {path} cannot be created: {existing} is not writable ({error.strerror})"
+        raise InputError(message) from None
 
 
 def claim_output_dir(requested: str, resume: bool) -> str:
@@ -432,8 +436,18 @@ def claim_output_dir(requested: str, resume: bool) -> str:
     return next(path for path in candidates if not Path(path).exists() or not any(Path(path).iterdir()))
 
 
-# The layers in the order they apply, for the printed settings; the config file (named as it is) comes second.
+# The layers in the order they apply, for the printed settings; the config file comes second.
 LAYER_ORDER = ["grpotrainer.py", "settings.yaml", "--smoke", "--eval_only", "no GPU", "command line"]
+
+
+def layer_rank(source: str) -> float:
+    return LAYER_ORDER.index(source) if source in LAYER_ORDER else 0.5  # the config file, named as it is
+
+
+def source_line(source: str, values: list[str]) -> str:
+    return textwrap.fill(
+        ", ".join(values), 120, initial_indent=f"  {source}: ", subsequent_indent="      ", break_long_words=False
+    )
 
 
 def report_settings(run: RunSettings, constants: dict) -> None:
@@ -444,14 +458,11 @@ def report_settings(run: RunSettings, constants: dict) -> None:
     groups = {}
     for key in sorted(constants.keys() | run.sources.keys()):
         groups.setdefault(run.sources.get(key, "grpotrainer.py"), []).append(f"{key}={plain[key]}")
-    rank = lambda source: LAYER_ORDER.index(source) if source in LAYER_ORDER else 0.5  # noqa: E731
-    lines = [
-        textwrap.fill(", ".join(values), 120, initial_indent=f"  {source}: ", subsequent_indent="      ", break_long_words=False)  # fmt: skip
-        for source, values in sorted(groups.items(), key=lambda group: rank(group[0]))
-    ]
+    lines = [source_line(source, groups[source]) for source in sorted(groups, key=layer_rank)]
     for preset in ("--smoke", "--eval_only"):
         if replaced := sorted(key for key in constants if run.sources.get(key) == preset):
-            lines.append(f"  ({preset} replaces grpotrainer.py's {', '.join(replaced)}: edits there have no effect with it)")
+            names = ", ".join(replaced)
+            lines.append(f"  ({preset} replaces grpotrainer.py's {names}: edits there have no effect with it)")
     layers = "settings.yaml < command line" if run.script.resume else "grpotrainer.py < config file < --smoke < command line"  # fmt: skip
     print(f"settings ({layers}):\n" + "\n".join(lines))
     folder = Path(run.training.output_dir)

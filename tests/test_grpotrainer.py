@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ENV, REPO, error_line, run_script, scalars, tensorboard_log
 
 import rewards
 import smoke
-from conftest import ENV, REPO, error_line, run_script, scalars, tensorboard_log
-
 
 # --------------------------------------------------------------------------------------------------------------------
 # The smoke run: 4-bit + LoRA + rewards + TensorBoard + checkpoints + evaluation, offline on the CPU
@@ -166,7 +165,7 @@ def test_under_torchrun_one_process_reports_a_bad_input(tmp_path):
 READ_ONLY_MOUNT = ("unshare", "--map-root-user", "--mount", "sh", "-c", 'mount -t tmpfs -o ro none "$1" && shift && exec "$@"', "sh")  # fmt: skip
 
 
-@pytest.mark.skipif(subprocess.run([*READ_ONLY_MOUNT, "/tmp", "true"]).returncode != 0, reason="no user namespaces")
+@pytest.mark.skipif(subprocess.run([*READ_ONLY_MOUNT, "/tmp", "true"], check=False).returncode != 0, reason="no user namespaces")
 def test_an_output_dir_on_a_read_only_file_system_is_one_line_and_exit_2(tmp_path):
     result = run_script("--smoke", "--output_dir", tmp_path / "run", launcher=(*READ_ONLY_MOUNT, tmp_path, sys.executable))
     assert result.returncode == 2, result.stderr[-3000:]

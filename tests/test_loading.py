@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 import yaml
+from conftest import ENV, GSM8K, error_line, needs_gsm8k, run_script
 from peft import get_peft_model
 from safetensors.torch import save_file
 from trl import get_peft_config
@@ -14,7 +15,6 @@ from trl import get_peft_config
 import grpotrainer
 import loading
 import smoke
-from conftest import ENV, GSM8K, error_line, needs_gsm8k, run_script
 
 
 @needs_gsm8k

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO, error_line
 
 import grpotrainer
 import rewards
 import settings
 import smoke
-from conftest import REPO, error_line
 
 
 def test_constants_feed_the_library_configs():
