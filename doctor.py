@@ -16,9 +16,7 @@ import dataclasses
 import fnmatch
 import json
 import math
-import os
 import statistics
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable
 from functools import partial
@@ -27,9 +25,10 @@ from typing import NamedTuple
 
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
-from transformers.integrations import TensorBoardCallback
 
+import console
 import evaluation
+from atomic import write_atomically
 
 EXIT_NON_FINITE = 3  # the doctor stopped the run: a NaN or infinite loss, gradient norm or reward
 EXIT_OUT_OF_MEMORY = 4  # torch.OutOfMemoryError in training
@@ -489,7 +488,7 @@ class DoctorCallback(TrainerCallback):
         return {EVAL_CHANGE: result["difference"], EVAL_CHANGE_HIGH: result["difference_ci95"][1]}
 
     def speak(self, args, events: list[Event]) -> None:
-        writer = next((cb.tb_writer for cb in self.callbacks if isinstance(cb, TensorBoardCallback)), None)
+        writer = console.tensorboard_writer(self.callbacks)
         for event in events:
             tqdm.write(event.message)  # above the progress bar, not glued to its end
             if writer is not None:
@@ -504,10 +503,7 @@ class DoctorCallback(TrainerCallback):
             "events": self.earlier_events + [event.to_json() for event in self.doctor.events],
             "active": list(self.doctor.active),
         }
-        path = Path(args.output_dir) / REPORT_FILE
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".doctor-", suffix=".json", delete=False) as f:
-            json.dump(report, f, indent=2, allow_nan=False)
-        os.replace(f.name, path)
+        write_atomically(Path(args.output_dir) / REPORT_FILE, json.dumps(report, indent=2, allow_nan=False))
 
 
 def attach(trainer) -> DoctorCallback:

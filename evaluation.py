@@ -14,6 +14,7 @@ from transformers import GenerationConfig
 from trl import GRPOConfig
 
 import rewards
+from atomic import write_atomically
 
 
 def generation_path(args: GRPOConfig) -> str:
@@ -119,9 +120,8 @@ def describe_accuracy(summary: dict) -> str:
 
 def write_eval_files(folder: Path, rows: list[dict], summary: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "eval_results.jsonl", "w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
-    (folder / "eval_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomically(folder / "eval_results.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    write_atomically(folder / "eval_summary.json", json.dumps(summary, indent=2) + "\n")
 
 
 def compare_before_after(before: list[dict], after: list[dict]) -> dict:
@@ -169,5 +169,5 @@ def report_before_and_after(output_dir: Path, last_step: int) -> None:
     if isinstance(result, str):
         print(result)
         return
-    (output_dir / "eval_before_after.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_atomically(output_dir / "eval_before_after.json", json.dumps(result, indent=2) + "\n")
     print(describe_comparison(result))

@@ -28,25 +28,20 @@ CONFIG_FILE = "config.yaml"  # read from beside this script unless --config name
 # Every constant above is the setting of the same name in lower case, except CONFIG_FILE, which says where the rest are.
 CONSTANTS = {name.lower(): value for name, value in dict(globals()).items() if name.isupper() and name != "CONFIG_FILE"}
 
-import logging
+import os
 import signal
 import sys
 from pathlib import Path
 from typing import NamedTuple
 
-# bitsandbytes warns at import that a kernel for its CPU inference repack is missing; keep_cpu_4bit_weights_trainable
-# turns that repack off, so the warning is noise that would stand beside every one-line error.
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-
 import torch
 from accelerate import PartialState
 from datasets import Dataset
-from transformers import TrainerCallback
-from transformers.integrations import TensorBoardCallback
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 from trl import GRPOTrainer, get_peft_config
 from trl.models import unwrap_model_for_generation
 
+import console
 import doctor
 import evaluation
 import loading
@@ -79,6 +74,8 @@ class GSM8KGRPOTrainer(GRPOTrainer):
 
     def __init__(self, *args, completion_samples_every: int, **kwargs):
         super().__init__(*args, **kwargs)
+        self.remove_callback(PrinterCallback if self.args.disable_tqdm else ProgressCallback)
+        self.add_callback(console.StepLines)
         self.completion_samples_every = completion_samples_every
         self.evaluations = {}  # global step -> metrics, so the final evaluation does not repeat the last scheduled one
 
@@ -110,23 +107,10 @@ class GSM8KGRPOTrainer(GRPOTrainer):
         if self.model.training and "loss" in logs and logging_step % self.completion_samples_every == 0:
             self.write_completion_samples()
 
-    def write_completion_samples(self, count: int = 4) -> None:
-        writer = next(
-            (cb.tb_writer for cb in self.callback_handler.callbacks if isinstance(cb, TensorBoardCallback)), None
-        )
-        if writer is None or not self._logs["completion"]:
-            return
-        samples = []
-        for i in range(min(count, len(self._logs["completion"]))):
-            scores = ", ".join(f"{name} {values[i]:.2f}" for name, values in self._logs["rewards"].items())
-            question = self._logs["prompt"][i][-1]["content"].split("\n\n", 1)[-1]
-            completion = rewards.completion_text(self._logs["completion"][i])
-            truth = self._logs["extra"]["ground_truth"][i] if self._logs["extra"]["ground_truth"] else "?"
-            samples.append(
-                f"**ground truth** {truth} | **rewards** {scores}\n\n**question** {question}\n\n"
-                + "\n".join("    " + line for line in completion.splitlines() or [""])
-            )
-        writer.add_text("train/completions", "\n\n---\n\n".join(samples), self.state.global_step)
+    def write_completion_samples(self) -> None:
+        writer = console.tensorboard_writer(self.callback_handler.callbacks)
+        if writer is not None and self._logs["completion"]:
+            writer.add_text("train/completions", console.completion_samples(self._logs), self.state.global_step)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
         """Greedy accuracy on the fixed test slice; TRL's own evaluation would sample at training temperature."""
@@ -188,25 +172,36 @@ class Inputs(NamedTuple):
     model: object
     train_set: Dataset | None
     eval_set: Dataset | None
+    checkpoint: str | None  # what --resume continues from
 
 
 def load_inputs(run: RunSettings) -> Inputs:
     """Everything the run reads; all that can be wrong with it fails here, before an output folder exists."""
     script, training = run.script, run.training
+    checkpoint = None
+    if script.resume:
+        checkpoint, skipped = loading.resume_checkpoint(training.output_dir)
+        for line in skipped if PartialState().is_main_process else ():
+            print(line)
+    if script.adapter:
+        loading.check_adapter(script.adapter)
+    loading.work_offline_unless_the_hub_answers([script.model_name, script.dataset_name])
     tokenizer = loading.load_tokenizer(run.model, training)
+    loading.check_lora_targets(run.model, training)
+    data_options = (script.eval_holdout, script.drop_unparsable_answers)
     evaluates = script.eval_only or script.eval_before_and_after or training.eval_strategy != "no"
     with PartialState().main_process_first():  # the main process fills the datasets cache, the others read it
         eval_set = train_set = None
         if evaluates:
-            test = loading.load_split(script.dataset_name, script.dataset_config, "test")
+            test = loading.load_split(script.dataset_name, script.dataset_config, "test", *data_options)
             eval_set = loading.to_chat_prompts(test, PROMPT, script.eval_samples)
         if not script.eval_only:
-            train = loading.load_split(script.dataset_name, script.dataset_config, "train")
+            train = loading.load_split(script.dataset_name, script.dataset_config, "train", *data_options)
             train_set = loading.to_chat_prompts(train, PROMPT)
     model = loading.load_model(run.model, training)
     if script.adapter:
         model = loading.attach_adapter(model, script.adapter)
-    return Inputs(tokenizer, model, train_set, eval_set)
+    return Inputs(tokenizer, model, train_set, eval_set, checkpoint)
 
 
 def build_trainer(run: RunSettings, inputs: Inputs, callbacks=()) -> GSM8KGRPOTrainer:
@@ -233,7 +228,7 @@ def train(run: RunSettings, inputs: Inputs) -> int:
     if main_process:
         print(f"TensorBoard: tensorboard --logdir {output_dir}")
     try:
-        trainer.train(resume_from_checkpoint=get_last_checkpoint(output_dir) if run.script.resume else None)
+        trainer.train(resume_from_checkpoint=inputs.checkpoint)
     except torch.OutOfMemoryError:
         if watcher is None:
             raise
@@ -279,6 +274,7 @@ def main(argv: list[str]) -> int:
             smoke.build_assets()
         if run.script.merge:
             return merge.merge_run(run)
+        settings.check_output_dir(run.training.output_dir)
         inputs = load_inputs(run)
         state = PartialState()
         requested = run.training.output_dir
@@ -294,7 +290,8 @@ def main(argv: list[str]) -> int:
         state.destroy_process_group()  # as Trainer.end() does: a live gloo/NCCL group can abort the exit
         return exit_code
     except InputError as error:
-        print(f"grpotrainer.py: error: {error}", file=sys.stderr)
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process finds the same error: one says it
+            print(f"grpotrainer.py: error: {error}", file=sys.stderr)
         return 2
 
 

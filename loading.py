@@ -2,16 +2,53 @@
 an optional LoRA adapter. What cannot be loaded is an InputError: one line and exit code 2."""
 
 import importlib.util
+import json
+import logging
+import socket
+import zipfile
 from pathlib import Path
+from urllib.parse import urlparse
 
+import datasets
+import huggingface_hub
 import torch
-from accelerate import PartialState
+from accelerate import PartialState, init_empty_weights
 from datasets import Dataset, load_dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, ModelConfig, get_quantization_config
 
 import rewards
 from settings import InputError
+
+# bitsandbytes warns at import that a kernel for its CPU inference repack is missing; keep_cpu_4bit_weights_trainable
+# turns that repack off, so the warning is noise that would stand beside every one-line error.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The hub: asked only when a name is no local path, and never waited for
+
+OFFLINE_HINT = "offline, name a local {} (HF_HUB_OFFLINE=1 uses the hub's local cache only)"
+
+
+def work_offline_unless_the_hub_answers(names: list[str]) -> None:
+    """Unreachable, the hub libraries retry each request for a minute; ask once, in seconds, and if the hub does not
+    answer work from its local cache alone, as HF_HUB_OFFLINE=1 does."""
+    if huggingface_hub.constants.HF_HUB_OFFLINE or not [name for name in names if not looks_like_path(name) and not Path(name).exists()]:  # fmt: skip
+        return
+    endpoint = urlparse(huggingface_hub.constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=5).close()
+    except OSError:
+        huggingface_hub.constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+
+
+def hub_error(what: str, name: str, local: str, error: Exception) -> InputError:
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        reason = "the hub cannot be reached and it is not in the local cache; " + OFFLINE_HINT.format(local)
+    else:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return InputError(f"could not load {what} '{name}': {reason}")
+
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Data: GSM8K from the hub or a local folder/file, as conversational prompts with a ground_truth column
@@ -22,8 +59,12 @@ def looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).suffix in (".jsonl", ".json", ".parquet")
 
 
-def load_split(name: str, config: str | None, split: str) -> Dataset:
-    """One split of a local folder (train.jsonl/test.jsonl or parquet), a single local file, or a hub dataset."""
+DATASET_FOLDER = "dataset folder with train.jsonl and test.jsonl with --dataset_name"
+
+
+def load_split(name: str, config: str | None, split: str, holdout: int = 0, drop_unparsable: bool = False) -> Dataset:
+    """One split of a local folder (train.jsonl/test.jsonl or parquet), a single local file (its last `holdout` rows
+    the test split, the others train, or all of it for both when 0), or a hub dataset; each row's gold answer parsed."""
     path = Path(name).expanduser()
     if path.is_dir():
         files = sorted(path.glob(f"{split}.jsonl")) + sorted(path.glob(f"{split}*.parquet"))
@@ -33,18 +74,37 @@ def load_split(name: str, config: str | None, split: str) -> Dataset:
     elif path.is_file():
         if path.suffix not in (".jsonl", ".json", ".parquet"):
             raise InputError(f"dataset file {name} must be .jsonl or .parquet")
-        dataset = load_local([path])
+        dataset = held_out(load_local([path]), split, holdout, name)
     elif looks_like_path(name):
         raise InputError(f"dataset path {name} does not exist")
     else:
         try:
             dataset = load_dataset(name, config, split=split)
         except Exception as error:  # the hub's many errors: offline, unknown repo, unknown config or split
-            raise InputError(
-                f"could not load dataset '{name}' split '{split}' from the hub ({type(error).__name__}); "
-                f"offline, point --dataset_name at a folder with train.jsonl and test.jsonl"
-            ) from None
-    return check_columns(dataset, name)
+            raise hub_error(f"the {split} split of dataset", name, DATASET_FOLDER, error) from None
+    return parse_gold_answers(check_columns(dataset, name), f"{name} ({split})", drop_unparsable)
+
+
+def held_out(dataset: Dataset, split: str, holdout: int, name: str) -> Dataset:
+    if holdout >= len(dataset):
+        raise InputError(f"eval_holdout is {holdout}, but dataset {name} holds only {len(dataset)} rows")
+    cut = len(dataset) - holdout
+    return dataset.select(range(cut, len(dataset)) if split == "test" and holdout else range(cut))
+
+
+def parse_gold_answers(dataset: Dataset, name: str, drop_unparsable: bool) -> Dataset:
+    """Adds the ground_truth column the rewards read. A gold answer with no number would score every completion 0:
+    an error, unless the run asks to drop such rows, which it then counts."""
+    dataset = dataset.map(lambda example: {"ground_truth": rewards.parse_ground_truth(example["answer"])})
+    bad = [i for i, truth in enumerate(dataset["ground_truth"]) if not truth]
+    if bad and not drop_unparsable:
+        raise InputError(
+            f"{len(bad)} of {len(dataset)} rows of dataset {name} have a gold answer with no number, the first "
+            f"(row {bad[0] + 1}): {dataset[bad[0]]['answer'][-80:]!r}; fix them, or set --drop_unparsable_answers true"
+        )
+    if bad and PartialState().is_main_process:
+        print(f"dataset {name}: dropped {len(bad)} of {len(dataset)} rows whose gold answer has no number")
+    return dataset.select(sorted(set(range(len(dataset))) - set(bad))) if bad else dataset
 
 
 def load_local(files: list[Path]) -> Dataset:
@@ -54,7 +114,19 @@ def load_local(files: list[Path]) -> Dataset:
     try:
         return load_dataset(builder, data_files=[str(file) for file in files], split="train")
     except Exception as error:  # malformed lines or columns
-        raise InputError(f"could not read {files[0]}: {type(error).__name__}") from None
+        raise InputError(bad_json_line(files) or f"could not read {files[0]}: {type(error).__name__}") from None
+
+
+def bad_json_line(files: list[Path]) -> str | None:
+    """Where a .jsonl file breaks, which the datasets library does not say."""
+    for file in (file for file in files if file.suffix == ".jsonl"):
+        with open(file) as lines:
+            for number, line in enumerate(lines, 1):
+                try:
+                    line.strip() and json.loads(line)
+                except ValueError as error:
+                    return f"dataset file {file} line {number} is not valid JSON ({error.args[0].split(':')[0]})"
+    return None
 
 
 def check_columns(dataset: Dataset, name: str) -> Dataset:
@@ -68,16 +140,13 @@ def check_columns(dataset: Dataset, name: str) -> Dataset:
 
 def to_chat_prompts(dataset: Dataset, prompt: str, limit: int | None = None) -> Dataset:
     """The first `limit` rows (all if None) with a conversational `prompt` (TRL applies the model's chat template)
-    built from `prompt`'s {question}, and the `ground_truth` that the rewards read."""
+    built from `prompt`'s {question}."""
     if limit is not None:
         if limit > len(dataset):
             raise InputError(f"eval_samples is {limit}, but the test split holds only {len(dataset)} questions")
         dataset = dataset.select(range(limit))
     return dataset.map(
-        lambda example: {
-            "prompt": [{"role": "user", "content": prompt.format(question=example["question"])}],
-            "ground_truth": rewards.parse_ground_truth(example["answer"]),
-        }
+        lambda example: {"prompt": [{"role": "user", "content": prompt.format(question=example["question"])}]}
     )
 
 
@@ -93,7 +162,7 @@ def attention_implementation(model_args: ModelConfig) -> str:
 
 
 def model_load_error(name: str, error: Exception) -> InputError:
-    return InputError(f"could not load model '{name}': {str(error).strip().splitlines()[0]}")
+    return hub_error("model", name, "model folder with --model_name", error)
 
 
 def load_tokenizer(model_args: ModelConfig, training_args: GRPOConfig):
@@ -106,6 +175,26 @@ def load_tokenizer(model_args: ModelConfig, training_args: GRPOConfig):
         )
     except (OSError, ValueError) as error:
         raise model_load_error(name, error) from None
+
+
+def check_lora_targets(model_args: ModelConfig, training_args: GRPOConfig) -> None:
+    """LoRA targets that name no module would fail only once the weights have loaded: check them against the model
+    built from its config on the meta device, which takes no memory and no time."""
+    targets = model_args.lora_target_modules
+    targets = [targets] if isinstance(targets, str) else targets or []
+    if not model_args.use_peft or targets in ([], ["all-linear"]):
+        return
+    name = model_args.model_name_or_path
+    try:
+        config = AutoConfig.from_pretrained(name, revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code)  # fmt: skip
+    except (OSError, ValueError) as error:
+        raise model_load_error(name, error) from None
+    with init_empty_weights():
+        modules = dict(AutoModelForCausalLM.from_config(config, trust_remote_code=training_args.trust_remote_code).named_modules())  # fmt: skip
+    linear = sorted({module_name.rsplit(".", 1)[-1] for module_name, module in modules.items() if isinstance(module, torch.nn.Linear)})  # fmt: skip
+    for target in targets:
+        if not any(module_name == target or module_name.endswith("." + target) for module_name in modules):
+            raise InputError(f"lora_target_modules: {name} has no module '{target}' (its linear layers: {', '.join(linear)})")  # fmt: skip
 
 
 def load_model(model_args: ModelConfig, training_args: GRPOConfig):
@@ -140,12 +229,62 @@ def keep_cpu_4bit_weights_trainable(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
+def check_adapter(adapter: str) -> None:
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise InputError(f"adapter folder {adapter} does not exist or holds no adapter_config.json")
+
+
 def attach_adapter(model, adapter: str):
     from peft import PeftModel
 
-    if not (Path(adapter) / "adapter_config.json").is_file():
-        raise InputError(f"adapter folder {adapter} does not exist or holds no adapter_config.json")
     try:
         return PeftModel.from_pretrained(model, adapter)
     except (RuntimeError, ValueError, KeyError) as error:
         raise InputError(f"adapter {adapter} does not fit the model: {str(error).strip().splitlines()[-1]}") from None
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Checkpoints: --resume continues from the newest one that was saved completely
+
+
+def resume_checkpoint(output_dir: str) -> tuple[str, list[str]]:
+    """The newest complete checkpoint-<step> folder of output_dir, and a line for each newer one it skips."""
+    folders = [path for path in Path(output_dir).glob("checkpoint-*") if path.is_dir() and path.name[11:].isdigit()]
+    skipped = []
+    for folder in sorted(folders, key=lambda path: int(path.name[11:]), reverse=True):
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return str(folder), skipped
+        skipped.append(f"--resume: skipping {folder}, {problem}")
+    newest = f"; the newest, {skipped[0].removeprefix('--resume: skipping ')}" if skipped else ""
+    raise InputError(f"--resume: no complete checkpoint-<step> folder in {output_dir} to continue from{newest}")
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a checkpoint cannot be resumed from, or None. Trainer._save_checkpoint writes trainer_state.json last,
+    after the weights, optimizer, scheduler and RNG state, so a folder without it is a save that was cut short; a
+    truncated file beside it (a full disk, a failing machine) is found by reading each file's own length record."""
+    try:
+        json.loads((folder / "trainer_state.json").read_text())["global_step"]
+    except FileNotFoundError:
+        return "which has no trainer_state.json: its save was cut short"
+    except (ValueError, KeyError):
+        return "whose trainer_state.json is truncated"
+    for file in sorted(folder.iterdir()):
+        if file.suffix == ".safetensors" and not safetensors_is_whole(file):
+            return f"whose {file.name} is truncated"
+        if file.suffix in (".pt", ".pth", ".bin") and not zipfile.is_zipfile(file):  # torch.save writes a zip
+            return f"whose {file.name} is truncated"
+    return None
+
+
+def safetensors_is_whole(file: Path) -> bool:
+    """A safetensors file is an 8-byte header length, a JSON header, then the tensors up to the header's last offset."""
+    try:
+        with open(file, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(length))
+        end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError):
+        return False
+    return file.stat().st_size == 8 + length + end

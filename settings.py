@@ -9,18 +9,26 @@ import dataclasses
 import difflib
 import json
 import os
+import warnings
+import tempfile
+import textwrap
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import yaml
 from transformers import HfArgumentParser
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.hf_argparser import string_to_bool
 from trl import GRPOConfig, ModelConfig
 
 import rewards
 import smoke
+from atomic import write_atomically
 
+
+# TRL 1.16 calls transformers 5's deprecated gradient_checkpointing* names while it runs the activation
+# checkpointing that config.yaml turns on: warnings about TRL's code, not about anything a user set.
+warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing\w*` is deprecated", category=FutureWarning)
 
 class InputError(Exception):
     """Bad input (settings, data, model or adapter paths): reported as one line and exit code 2."""
@@ -41,6 +49,12 @@ class ScriptOptions:
     doctor: bool = dataclasses.field(default=True, metadata={"help": "Report problems as they start (doctor.py)."})
     merge: bool = dataclasses.field(
         default=False, metadata={"help": "Merge --adapter into its 16-bit base: RUN/final -> RUN/final-merged."}
+    )
+    eval_holdout: int = dataclasses.field(
+        default=0, metadata={"help": "With one dataset file: its last N rows are the test split, never trained on."}
+    )
+    drop_unparsable_answers: bool = dataclasses.field(
+        default=False, metadata={"help": "Drop (and count) rows whose gold answer has no number, instead of failing."}
     )
 
 
@@ -72,6 +86,7 @@ class RunSettings(NamedTuple):
             "script": dataclasses.asdict(self.script),
             "training": json.loads(self.training.to_json_string()),
             "model": dataclasses.asdict(self.model),
+            "sources": dict(self.sources),  # what was set, so that --resume replays exactly that
         }
 
 
@@ -115,6 +130,8 @@ class UniqueKeyLoader(yaml.SafeLoader):
 
 
 def read_config_file(path: Path) -> dict:
+    if path.is_dir():
+        raise InputError(f"config file {path} is a folder: name a YAML file")
     if not path.is_file():
         raise InputError(f"config file {path} does not exist")
     try:
@@ -124,6 +141,36 @@ def read_config_file(path: Path) -> dict:
     if not isinstance(values, dict):
         raise InputError(f"config file {path} must be a mapping of 'setting: value' lines")
     return values
+
+
+def check_value_types(values: dict, parser: HfArgumentParser, where: str) -> None:
+    """A config file's values arrive as YAML types that argparse never sees: check them as it checks the command line
+    (str settings take anything; TRL's own checks see their content)."""
+    actions = {action.dest: action for action in parser._actions}
+    for key, value in values.items():
+        action = actions.get(key)
+        items = value if isinstance(value, list) and action is not None and action.nargs == "+" else [value]
+        for item in items if action is not None else ():
+            if item is not None and not fits_type(action, item):
+                raise InputError(f"{key} is {item!r} {where}, which is not {expected_type(action)}")
+
+
+def fits_type(action, item) -> bool:
+    if action.choices:
+        return not isinstance(item, (list, dict)) and action.type(str(item)) in action.choices
+    if action.type is int:
+        return isinstance(item, int) and not isinstance(item, bool)
+    if action.type is float:
+        return isinstance(item, (int, float)) and not isinstance(item, bool)
+    if action.type is string_to_bool:
+        return isinstance(item, bool)
+    return True
+
+
+def expected_type(action) -> str:
+    if action.choices:
+        return "one of " + ", ".join(str(action.type(str(choice))) for choice in action.choices)
+    return {int: "a whole number", float: "a number", string_to_bool: "true or false"}[action.type]
 
 
 def command_line_keys(argv: list[str]) -> list[str]:
@@ -149,8 +196,53 @@ def check_keys(keys, valid: set[str], where: str, forbidden: set[str] = frozense
             raise InputError(f"unknown setting '{key}' {where}{did_you_mean(key, valid)}")
 
 
+# The counts, rates and intervals a user sets, by what each must be (unset, None, means TRL's default). TRL would train
+# num_train_epochs on a negative max_steps and fail late, or obscurely, on most of the others.
+AT_LEAST_1 = (
+    "per_device_train_batch_size", "gradient_accumulation_steps", "per_device_eval_batch_size",
+    "max_completion_length", "num_generations_eval", "num_iterations", "steps_per_generation", "generation_batch_size",
+    "save_total_limit", "lora_r", "lora_alpha",
+)  # fmt: skip
+ABOVE_0 = ("learning_rate", "logging_steps", "eval_steps", "save_steps", "num_train_epochs", "top_p")
+AT_LEAST_0 = ("warmup_steps", "weight_decay", "max_grad_norm", "completion_samples_every", "lora_dropout")
+
+
+def check_numbers(values: dict) -> None:
+    if values["max_steps"] != -1 and values["max_steps"] < 1:
+        raise InputError(f"max_steps must be a positive number of steps, or -1 to train num_train_epochs, not {values['max_steps']}")  # fmt: skip
+    for keys, ok, rule in (
+        (AT_LEAST_1, lambda value: value >= 1, "at least 1"),
+        (ABOVE_0, lambda value: value > 0, "above 0"),
+        (AT_LEAST_0, lambda value: value >= 0, "0 or more"),
+    ):
+        for key in keys:
+            if values[key] is not None and not ok(values[key]):
+                raise InputError(f"{key} must be {rule}, not {values[key]}")
+    if values["top_p"] > 1:
+        raise InputError(f"top_p must be at most 1, not {values['top_p']}")
+    if values["lora_dropout"] >= 1:
+        raise InputError(f"lora_dropout must be below 1, not {values['lora_dropout']}")
+
+
+def check_dataset_split(values: dict) -> None:
+    """A run is never evaluated on the questions it trains on: one dataset file needs rows held out for evaluation."""
+    one_file = Path(values["dataset_name"]).expanduser().is_file()
+    evaluates = values["eval_before_and_after"] or values["eval_strategy"] != "no"
+    if values["eval_holdout"] < 0:
+        raise InputError(f"eval_holdout must be 0 or more, not {values['eval_holdout']}")
+    if values["eval_holdout"] and not one_file:
+        raise InputError("eval_holdout is for a dataset that is one file; a folder's test split is its test.jsonl")
+    if one_file and evaluates and not values["eval_only"] and not values["eval_holdout"]:
+        raise InputError(
+            f"dataset {values['dataset_name']} is one file, and a run must not be evaluated on its own training "
+            f"questions: set --eval_holdout N to evaluate on its last N rows only, or give a folder with train.jsonl "
+            f"and test.jsonl"
+        )
+
+
 def check_values(values: dict) -> None:
     """The mistakes TRL accepts silently or reports obscurely, checked before anything is loaded."""
+    check_numbers(values)
     if values["num_generations"] < 2:
         raise InputError("num_generations must be at least 2: GRPO compares each completion with its group")
     if values["temperature"] <= 0:
@@ -163,6 +255,7 @@ def check_values(values: dict) -> None:
     if weights is not None and len(weights) != len(rewards.REWARDS):
         names = ", ".join(function.__name__ for function, _ in rewards.REWARDS)
         raise InputError(f"reward_weights needs {len(rewards.REWARDS)} numbers, one per reward in order: {names}")
+    check_dataset_split(values)
     if values["adapter"] and not values["eval_only"] and not values["merge"]:
         raise InputError("--adapter is for --eval_only and --merge: training always starts a new adapter (or --resume)")
     if values["use_vllm"] and values["load_in_4bit"]:
@@ -190,7 +283,8 @@ def check_values(values: dict) -> None:
 
 def parse_settings(argv: list[str], constants: dict, config_file: str, script_dir: Path) -> RunSettings:
     """The run's settings from the command line, the config file (script_dir/config_file unless --config names
-    another) and the constants (lower-case names), with where each set value came from."""
+    another) and the constants (lower-case names), with where each set value came from. With --resume they come from
+    the run's settings.yaml instead, and the command line may change only RESUME_MAY_CHANGE."""
     ScriptSettings = script_class(constants, config_file)
     parser = HfArgumentParser((ScriptSettings, GRPOConfig, ModelConfig), allow_abbrev=False)
     parser.error = raise_input_error
@@ -202,23 +296,17 @@ def parse_settings(argv: list[str], constants: dict, config_file: str, script_di
         raise SystemExit(0)
     cli_keys = command_line_keys(argv)
     check_keys(cli_keys, valid, "on the command line")
-    modes = parser.parse_known_args(argv)[0]  # --config, --smoke and --eval_only decide the layers below
-    config_path = Path(modes.config) if "config" in cli_keys else script_dir / modes.config
-    file_values = read_config_file(config_path)
-    check_keys(file_values, valid, f"in {config_path}", COMMAND_LINE_ONLY | constants.keys(), constants.keys())
-
-    sources = {key: config_path.name for key in file_values}
-    layers = [{key: value for key, value in constants.items() if key in LIBRARY_FIELDS}, file_values]
-    if modes.smoke:
-        layers.append(smoke.preset())
-        sources |= {key: "--smoke" for key in layers[-1]}
-    if modes.eval_only and "eval_samples" not in cli_keys:
-        layers.append({"eval_samples": None})  # --eval_only scores the whole test split unless told otherwise
-        sources["eval_samples"] = "--eval_only"
+    modes = parser.parse_known_args(argv)[0]  # --config, --smoke, --eval_only and --resume decide the layers below
+    if modes.resume:
+        saved = read_saved_settings(Path(modes.output_dir if "output_dir" in cli_keys else constants["output_dir"]))
+        layers = [replayed_values(saved, constants)]
+        sources = {key: "settings.yaml" for key in saved["sources"].keys() - NO_GPU.keys()}
+    else:
+        layers, sources = new_run_layers(modes, cli_keys, parser, valid, constants, script_dir)
     if not torch.cuda.is_available():
         # bf16 autocast and bitsandbytes bf16 compute need a GPU; use_cpu makes torchrun's processes one CPU group
-        layers.append({"use_cpu": True, "bf16": False, "dtype": "float32"})
-        sources |= {"use_cpu": "no GPU", "bf16": "no GPU", "dtype": "no GPU"}
+        layers.append({key: value for key, value in NO_GPU.items() if key not in cli_keys})
+        sources |= {key: "no GPU" for key in layers[-1]}
     for layer in layers:
         parser.set_defaults(**layer)
 
@@ -226,6 +314,11 @@ def parse_settings(argv: list[str], constants: dict, config_file: str, script_di
     if unparsed:
         raise InputError(f"unexpected argument '{unparsed[0]}': settings are given as --name value")
     values = vars(namespace)
+    if values["eval_only"] and "output_dir" not in cli_keys:
+        values["output_dir"] = eval_output_dir(values["output_dir"], values["model_name"], values["adapter"])
+        sources["output_dir"] = "--eval_only"
+    if modes.resume:
+        check_resume_changes(saved, values, cli_keys)
     check_values(values)
     sources |= {key: "command line" for key in cli_keys}
     try:
@@ -244,22 +337,146 @@ def parse_settings(argv: list[str], constants: dict, config_file: str, script_di
     return RunSettings(script, training, model, sources)
 
 
+NO_GPU = {"use_cpu": True, "bf16": False, "dtype": "float32"}
+
+
+def new_run_layers(modes, cli_keys, parser, valid, constants: dict, script_dir: Path) -> tuple[list[dict], dict]:
+    """The layers under the command line of a new run: constants < config file < presets, and their sources."""
+    config_path = Path(modes.config) if "config" in cli_keys else script_dir / modes.config
+    file_values = read_config_file(config_path)
+    check_keys(file_values, valid, f"in {config_path}", COMMAND_LINE_ONLY | constants.keys(), constants.keys())
+    check_value_types(file_values, parser, f"in {config_path}")
+    sources = {key: config_path.name for key in file_values}
+    layers = [{key: value for key, value in constants.items() if key in LIBRARY_FIELDS}, file_values]
+    if modes.smoke:
+        layers.append(smoke.preset())
+        sources |= {key: "--smoke" for key in layers[-1]}
+    if modes.eval_only and "eval_samples" not in cli_keys:
+        layers.append({"eval_samples": None})  # --eval_only scores the whole test split unless told otherwise
+        sources["eval_samples"] = "--eval_only"
+    return layers, sources
+
+
+def eval_output_dir(output_dir: str, model_name: str, adapter: str | None) -> str:
+    """--eval_only's results beside what they measure, never mistaken for a training run: an adapter of a run in that
+    run's folder (RUN/eval-final), anything else in eval-<model>[-<adapter>] beside the training runs."""
+    if adapter and (Path(adapter).parent / "settings.yaml").is_file():
+        return str(Path(adapter).parent / f"eval-{Path(adapter).name}")
+    name = "-".join(Path(part.rstrip("/")).name for part in [model_name, adapter] if part)
+    return str(Path(output_dir).parent / f"eval-{name}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Resuming: the run's saved settings, of which the command line may change only what is safe mid-run
+
+# What a resumed run may change: how long it runs and how often it logs, evaluates and saves. Everything else (model,
+# data, LoRA shape, batch shape, generation, rewards, optimiser) would make the checkpoint continue a different run.
+RESUME_MAY_CHANGE = {
+    "resume", "output_dir", "max_steps", "num_train_epochs", "logging_steps", "logging_strategy", "eval_steps",
+    "eval_strategy", "eval_before_and_after", "per_device_eval_batch_size", "save_steps", "save_strategy",
+    "save_total_limit", "completion_samples_every", "disable_tqdm", "dataloader_num_workers",
+}  # fmt: skip
+
+
+def read_saved_settings(folder: Path) -> dict:
+    path = folder / "settings.yaml"
+    if not path.is_file():
+        raise InputError(f"--resume: {path} does not exist: name the run's folder with --output_dir")
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        saved = None
+    if not isinstance(saved, dict) or not {"script", "training", "model", "sources"} <= saved.keys():
+        raise InputError(f"--resume: {path} is not the settings file of a run of this script")
+    return saved
+
+
+def saved_value(saved: dict, key: str):
+    return next(saved[part][key] for part in ("script", "training", "model") if key in saved[part])
+
+
+def replayed_values(saved: dict, constants: dict) -> dict:
+    """What produced the saved run: this script's settings and every value that was set (TRL derives the rest, and
+    replaying a derived value could contradict the one it derives it from), except what this machine decides."""
+    keys = saved["script"].keys() | constants.keys() | saved["sources"].keys()
+    return {key: saved_value(saved, key) for key in keys - NO_GPU.keys()}
+
+
+def check_resume_changes(saved: dict, values: dict, cli_keys: list[str]) -> None:
+    if "config" in cli_keys:
+        raise InputError("--config cannot be combined with --resume: a resumed run keeps the settings it was saved with")  # fmt: skip
+    for key in cli_keys:
+        key = key if key in values else key.removeprefix("no_")
+        before = saved_value(saved, key)
+        if key not in RESUME_MAY_CHANGE and not same_setting(before, values[key]):
+            raise InputError(
+                f"--resume: {key} is {before} in the run's settings.yaml but {values[key]} here; a resumed run may "
+                f"change only {', '.join(sorted(RESUME_MAY_CHANGE - {'resume', 'output_dir'}))}"
+            )
+
+
+def same_setting(saved, given) -> bool:
+    """The saved value (YAML of JSON) and the parsed one: enums compare as their strings, one item as a list of it."""
+    return as_list(saved) == as_list(given)
+
+
+def as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def check_output_dir(path: str) -> None:
+    """Fail before anything loads when the run's folder could not be written: a file in its place or above it, or a
+    read-only or unwritable file system. Tried by creating (and removing) a folder where the run's will be."""
+    folder = Path(path).expanduser().absolute()
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"output_dir {path} is a file, not a folder")
+    existing = next(parent for parent in [folder, *folder.parents] if parent.exists())
+    if not existing.is_dir():
+        raise InputError(f"output_dir {path} cannot be created: {existing} is a file")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".grpotrainer-write-test-", dir=existing))
+    except OSError as error:
+        message = f"output_dir {path} cannot be created: {existing} is not writable ({error.strerror})"
+        raise InputError(message) from None
+
+
 def claim_output_dir(requested: str, resume: bool) -> str:
     """A run never overwrites an earlier one: an occupied folder gets the next free "-N" suffix."""
     if resume:
-        if Path(requested).is_dir() and get_last_checkpoint(requested):
-            return requested
-        raise InputError(f"--resume: no checkpoint-* folder in {requested} to continue from")
+        return requested  # its checkpoint was checked by loading.resume_checkpoint
     candidates = [requested] + [f"{requested}-{n}" for n in range(2, 10_000)]
     return next(path for path in candidates if not Path(path).exists() or not any(Path(path).iterdir()))
 
 
+# The layers in the order they apply, for the printed settings; the config file comes second.
+LAYER_ORDER = ["grpotrainer.py", "settings.yaml", "--smoke", "--eval_only", "no GPU", "command line"]
+
+
+def layer_rank(source: str) -> float:
+    return LAYER_ORDER.index(source) if source in LAYER_ORDER else 0.5  # the config file, named as it is
+
+
+def source_line(source: str, values: list[str]) -> str:
+    return textwrap.fill(
+        ", ".join(values), 120, initial_indent=f"  {source}: ", subsequent_indent="      ", break_long_words=False
+    )
+
+
 def report_settings(run: RunSettings, constants: dict) -> None:
-    """Print the resolved settings (the constants first, then every other value that was set) and save them all in
-    the output folder as settings.yaml. Call it on the main process."""
-    shown = sorted(constants) + sorted(run.sources.keys() - constants.keys())
-    lines = [f"  {key}: {run.value(key)}" + (f"    ({run.sources[key]})" if key in run.sources else "") for key in shown]
-    print("settings (grpotrainer.py < config file < --smoke < command line):\n" + "\n".join(lines))
+    """Print the constants and every other value that was set, as they are saved, grouped by where they came from in
+    the order those layers apply; save them all in the output folder as settings.yaml. Call it on the main process."""
+    saved = run.as_dict()
+    plain = saved["model"] | saved["training"] | saved["script"]  # as RunSettings.value looks them up, enums as text
+    groups = {}
+    for key in sorted(constants.keys() | run.sources.keys()):
+        groups.setdefault(run.sources.get(key, "grpotrainer.py"), []).append(f"{key}={plain[key]}")
+    lines = [source_line(source, groups[source]) for source in sorted(groups, key=layer_rank)]
+    for preset in ("--smoke", "--eval_only"):
+        if replaced := sorted(key for key in constants if run.sources.get(key) == preset):
+            names = ", ".join(replaced)
+            lines.append(f"  ({preset} replaces grpotrainer.py's {names}: edits there have no effect with it)")
+    layers = "settings.yaml < command line" if run.script.resume else "grpotrainer.py < config file < --smoke < command line"  # fmt: skip
+    print(f"settings ({layers}):\n" + "\n".join(lines))
     folder = Path(run.training.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "settings.yaml").write_text(yaml.safe_dump(run.as_dict(), sort_keys=False))
+    write_atomically(folder / "settings.yaml", yaml.safe_dump(saved, sort_keys=False))

@@ -14,7 +14,6 @@ spec is reused as is.
 
 import hashlib
 import json
-import os
 import random
 import tempfile
 from pathlib import Path
@@ -23,6 +22,8 @@ import torch
 from accelerate import PartialState
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+from atomic import write_atomically
 
 SMOKE_DIR = Path(tempfile.gettempdir()) / "grpotrainer-smoke"
 
@@ -110,13 +111,7 @@ def _is_built(folder: Path, spec: dict) -> bool:
 
 def _mark_built(folder: Path, spec: dict) -> None:
     """Written last, so its presence means every other file of the build is complete."""
-    _write_atomically(folder / BUILD_MARKER, json.dumps(spec, sort_keys=True))
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomically(folder / BUILD_MARKER, json.dumps(spec, sort_keys=True))
 
 
 # --- synthetic GSM8K -------------------------------------------------------------------------
@@ -202,8 +197,8 @@ def write_synthetic_gsm8k(folder, n_train: int = 256, n_test: int = 64, seed: in
     if _is_built(folder, spec):
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    _write_atomically(folder / "train.jsonl", _jsonl(synthetic_gsm8k_rows(n_train, seed=2 * seed)))
-    _write_atomically(folder / "test.jsonl", _jsonl(synthetic_gsm8k_rows(n_test, seed=2 * seed + 1)))
+    write_atomically(folder / "train.jsonl", _jsonl(synthetic_gsm8k_rows(n_train, seed=2 * seed)))
+    write_atomically(folder / "test.jsonl", _jsonl(synthetic_gsm8k_rows(n_test, seed=2 * seed + 1)))
     _mark_built(folder, spec)
     return folder
 

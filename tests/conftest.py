@@ -17,11 +17,11 @@ needs_gsm8k = pytest.mark.skipif(not GSM8K.is_dir(), reason=f"real GSM8K not fou
 ENV = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
 
 
-def run_script(*args, launcher=(sys.executable,), timeout=1800) -> subprocess.CompletedProcess:
+def run_script(*args, launcher=(sys.executable,), env=ENV, timeout=1800) -> subprocess.CompletedProcess:
     """grpotrainer.py in a subprocess; the timeout only catches a hang (a busy 2-core machine is slow, not stuck)."""
     return subprocess.run(
         [*launcher, str(REPO / "grpotrainer.py"), *map(str, args)],
-        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 
 

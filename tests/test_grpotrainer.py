@@ -9,12 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
+from conftest import ENV, REPO, error_line, run_script, scalars, tensorboard_log
 
 import rewards
 import smoke
-from conftest import ENV, REPO, error_line, run_script, scalars, tensorboard_log
-
 
 # --------------------------------------------------------------------------------------------------------------------
 # The smoke run: 4-bit + LoRA + rewards + TensorBoard + checkpoints + evaluation, offline on the CPU
@@ -33,6 +33,21 @@ def test_smoke_run_logs_the_reference_metrics_to_tensorboard(smoke_run):
     assert all(0.0 <= v <= 1.0 for v in logged["train/rewards/mean"])
     evaluated_at = [event.step for event in tensorboard_log(out).Scalars("eval/accuracy")]
     assert evaluated_at == [0, 40, 80]  # before training, every eval_steps, and after (not twice at step 80)
+
+
+def test_smoke_console_is_one_short_line_per_logging_step_and_fits_a_screen(smoke_run):
+    stdout = smoke_run[1]
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    steps = [line for line in lines if line.startswith("step ") and "rewards" in line]
+    assert len(steps) == 80 // smoke.preset()["logging_steps"] and all(len(line) <= 120 for line in steps)
+    assert steps[0].startswith("step 2/80: rewards ") and "correct " in steps[0] and " s/step" in steps[0]
+    assert "{'loss'" not in stdout and "IntervalStrategy" not in stdout and len(lines) <= 70
+
+
+def test_a_bad_input_is_the_only_line_on_stderr():
+    result = run_script("--max_steps", -5)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "grpotrainer.py: error: max_steps must be a positive number of steps, or -1 to train num_train_epochs, not -5"  # fmt: skip
 
 
 def test_smoke_run_visibly_learns(smoke_run):
@@ -69,28 +84,60 @@ def test_smoke_run_measures_accuracy_before_and_after(smoke_run):
     assert "before 0.0% -> after" in stdout and "the interval" in stdout
 
 
-def test_ctrl_c_saves_a_checkpoint_that_resume_continues(tmp_path):
+def test_ctrl_c_saves_a_checkpoint_that_the_printed_command_continues(tmp_path):
     out = tmp_path / "run"
-    common = ["--smoke", "--save_steps", 1000, "--eval_strategy", "no", "--eval_before_and_after", "false",
-              "--output_dir", out]  # fmt: skip
     process = subprocess.Popen(
-        [sys.executable, str(REPO / "grpotrainer.py"), *map(str, common), "--max_steps", "300"],
+        [sys.executable, str(REPO / "grpotrainer.py"), "--smoke", "--max_steps", "12", "--save_steps", "1000",
+         "--eval_strategy", "no", "--eval_before_and_after", "false", "--output_dir", str(out)],
         cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     for line in process.stdout:
-        if "'loss'" in line:  # training is under way
+        if line.startswith("step 2/12: rewards"):  # training is under way
             process.send_signal(signal.SIGINT)
             break
     output = process.stdout.read()
     assert process.wait(timeout=300) == 130, output
     (checkpoint,) = out.glob("checkpoint-*")
-    step = int(checkpoint.name.split("-")[1])
-    assert "Continue with: python grpotrainer.py --resume" in output and 0 < step < 300
+    assert 0 < int(checkpoint.name.split("-")[1]) < 12
 
-    resumed = run_script(*common, "--resume", "--max_steps", step + 2)
+    command = output.split("Continue with: python grpotrainer.py ")[1].split()  # verbatim, as a user pastes it
+    resumed = run_script(*command)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    state = json.loads((out / f"checkpoint-{step + 2}" / "trainer_state.json").read_text())
-    assert state["global_step"] == step + 2 and (out / "final" / "adapter_model.safetensors").is_file()
+    assert "settings (settings.yaml < command line)" in resumed.stdout and "smoke=True" in resumed.stdout
+    state = json.loads((out / "checkpoint-12" / "trainer_state.json").read_text())
+    assert state["global_step"] == 12 and (out / "final" / "adapter_model.safetensors").is_file()
+
+
+KILLED_WHILE_SAVING = """
+import os, signal, sys
+from transformers import Trainer
+import grpotrainer
+
+save_optimizer = Trainer._save_optimizer_and_scheduler
+
+def killed_after_the_optimizer(self, output_dir):  # the weights and optimizer are on disk, trainer_state.json is not
+    save_optimizer(self, output_dir)
+    if self.state.global_step == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+Trainer._save_optimizer_and_scheduler = killed_after_the_optimizer
+sys.exit(grpotrainer.main(sys.argv[2:]))  # argv: -c, grpotrainer.py, flags
+"""
+
+
+def test_resume_after_a_kill_while_saving_skips_the_incomplete_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    killed = run_script("--smoke", "--max_steps", 3, "--save_steps", 1, "--eval_strategy", "no",
+                        "--eval_before_and_after", "false", "--output_dir", out,
+                        launcher=(sys.executable, "-c", KILLED_WHILE_SAVING))  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert (out / "checkpoint-2" / "optimizer.pt").is_file() and not (out / "checkpoint-2" / "trainer_state.json").exists()
+
+    resumed = run_script("--resume", "--output_dir", out)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"--resume: skipping {out / 'checkpoint-2'}, which has no trainer_state.json: its save was cut short" in resumed.stdout
+    state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3 and [entry["step"] for entry in state["log_history"] if "loss" in entry] == [2]
 
 
 def test_two_processes_train_with_one_writer(tmp_path):
@@ -101,9 +148,29 @@ def test_two_processes_train_with_one_writer(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.count("settings (grpotrainer.py") == 1
+    assert "find_unused_parameters" not in result.stderr and "FutureWarning" not in result.stderr
     tensorboard_log(out)  # exactly one event file
     assert (out / "final" / "adapter_model.safetensors").is_file()
     assert not Path(f"{out}-2").exists()  # both processes agreed on one folder
+
+
+def test_under_torchrun_one_process_reports_a_bad_input(tmp_path):
+    result = run_script("--smoke", "--max_steps", -5, "--output_dir", tmp_path / "run",
+                        launcher=(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"))  # fmt: skip
+    assert result.returncode != 0
+    assert (result.stdout + result.stderr).count("grpotrainer.py: error: max_steps must be") == 1, result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+READ_ONLY_MOUNT = ("unshare", "--map-root-user", "--mount", "sh", "-c", 'mount -t tmpfs -o ro none "$1" && shift && exec "$@"', "sh")  # fmt: skip
+
+
+@pytest.mark.skipif(subprocess.run([*READ_ONLY_MOUNT, "/tmp", "true"], check=False).returncode != 0, reason="no user namespaces")
+def test_an_output_dir_on_a_read_only_file_system_is_one_line_and_exit_2(tmp_path):
+    result = run_script("--smoke", "--output_dir", tmp_path / "run", launcher=(*READ_ONLY_MOUNT, tmp_path, sys.executable))
+    assert result.returncode == 2, result.stderr[-3000:]
+    message = f"grpotrainer.py: error: output_dir {tmp_path / 'run'} cannot be created: {tmp_path} is not writable (Read-only file system)"  # fmt: skip
+    assert result.stderr.strip().splitlines()[-1] == message
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -130,9 +197,14 @@ def test_eval_only_prints_the_accuracy_of_its_rows_and_is_deterministic(tmp_path
     assert f"{tmp_path / 'a'} holds an earlier run, kept as it is: this run writes to {tmp_path / 'a-2'}" in second.stdout
 
 
-def test_eval_only_with_the_adapter_of_a_smoke_run(smoke_run, tmp_path):
-    result, rows, summary = eval_only("--adapter", smoke_run[0] / "final", "--output_dir", tmp_path / "e")
+def test_eval_only_of_a_runs_adapter_writes_inside_that_run_and_says_where(smoke_run):
+    result = run_script("--smoke", "--eval_only", "--adapter", smoke_run[0] / "final")
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = smoke_run[0] / "eval-final"
+    rows = [json.loads(line) for line in (results / "eval_results.jsonl").open()]
+    summary = json.loads((results / "eval_summary.json").read_text())
     assert len(rows) == 64 and summary["adapter"] == str(smoke_run[0] / "final")
+    assert result.stdout.strip().splitlines()[-1] == f"results: {results}/eval_results.jsonl and eval_summary.json"
 
 
 def test_eval_only_bad_input_is_one_line_and_exit_2(capsys, tmp_path):

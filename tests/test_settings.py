@@ -2,15 +2,16 @@
 line with exit code 2, and output folders that never overwrite an earlier run."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO, error_line
 
 import grpotrainer
 import rewards
 import settings
 import smoke
-from conftest import error_line
 
 
 def test_constants_feed_the_library_configs():
@@ -65,12 +66,72 @@ def test_eval_only_scores_the_whole_split_unless_told_and_says_so():
     assert run.script.eval_samples == 5 and run.sources["eval_samples"] == "command line"
 
 
+def test_eval_only_results_go_beside_what_they_measure(tmp_path):
+    run = grpotrainer.read_settings(["--eval_only", "--model_name", "Qwen/Qwen3-0.6B"])
+    assert run.training.output_dir == str(Path(grpotrainer.OUTPUT_DIR).parent / "eval-Qwen3-0.6B")
+    (tmp_path / "run" / "final").mkdir(parents=True)
+    run = grpotrainer.read_settings(["--eval_only", "--adapter", str(tmp_path / "run" / "final")])
+    assert run.training.output_dir == str(Path(grpotrainer.OUTPUT_DIR).parent / "eval-Qwen3-8B-final")
+    (tmp_path / "run" / "settings.yaml").write_text("")  # an adapter of a run: its evaluation lives in the run
+    run = grpotrainer.read_settings(["--eval_only", "--adapter", str(tmp_path / "run" / "final")])
+    assert run.training.output_dir == str(tmp_path / "run" / "eval-final") and run.sources["output_dir"] == "--eval_only"
+    run = grpotrainer.read_settings(["--eval_only", "--output_dir", str(tmp_path / "mine")])
+    assert run.training.output_dir == str(tmp_path / "mine")
+
+
 def test_renamed_library_settings_are_set_from_ours():
-    run = grpotrainer.read_settings(["--kl_coef", "0.2", "--model_name", "Qwen/Qwen3-0.6B", "--resume"])
+    run = grpotrainer.read_settings(["--kl_coef", "0.2", "--model_name", "Qwen/Qwen3-0.6B"])
     assert run.training.beta == 0.2 and run.model.model_name_or_path == "Qwen/Qwen3-0.6B"
-    assert run.training.resume_from_checkpoint is True
-    assert run.training.eval_on_start is False  # a resumed run was evaluated at its step 0 already
+    assert run.training.resume_from_checkpoint is False and run.training.eval_on_start is True
     assert set(settings.RENAMED.values()) <= {field.name for field in dataclasses.fields(run.script)}
+
+
+def saved_run(folder, *argv) -> settings.RunSettings:
+    """The settings.yaml that a run started with these flags leaves in folder."""
+    run = grpotrainer.read_settings([*map(str, argv), "--output_dir", str(folder)])
+    settings.report_settings(run, grpotrainer.CONSTANTS)
+    return run
+
+
+def test_resume_restores_the_saved_run_and_may_extend_it(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("seed: 7\n")
+    saved = saved_run(tmp_path / "run", "--smoke", "--config", config, "--lora_r", "4", "--kl_coef", "0.1")
+    run = grpotrainer.read_settings(["--resume", "--output_dir", str(tmp_path / "run"), "--max_steps", "100"])
+    assert run.script.smoke and run.script.model_name == saved.script.model_name == str(smoke.SMOKE_DIR / "model")
+    assert (run.model.lora_r, run.training.beta, run.training.seed, run.training.num_generations) == (4, 0.1, 7, 8)
+    assert run.training.max_steps == 100 and run.sources["max_steps"] == "command line"
+    assert run.sources["lora_r"] == "settings.yaml" and run.training.resume_from_checkpoint is True
+    assert run.training.eval_on_start is False  # a resumed run was evaluated at its step 0 already
+    settings.report_settings(run, grpotrainer.CONSTANTS)
+    assert "settings (settings.yaml < command line):" in capsys.readouterr().out
+    again = grpotrainer.read_settings(["--resume", "--output_dir", str(tmp_path / "run")])  # resumed twice
+    assert again.model.lora_r == 4 and again.training.max_steps == 100
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--num_generations", "4"], "--resume: num_generations is 8 in the run's settings.yaml but 4 here; a resumed run may change only "),
+        (["--lora_r", "8"], "--resume: lora_r is 16 in the run's settings.yaml but 8 here"),
+        (["--per_device_train_batch_size", "8"], "--resume: per_device_train_batch_size is 16 in"),
+        (["--dataset_name", "x"], "--resume: dataset_name is "),
+        (["--reward_weights", "1", "1", "1", "1"], "--resume: reward_weights is "),
+        (["--smoke", "false"], "--resume: smoke is True in the run's settings.yaml but False here"),
+        (["--config", "config.yaml"], "--config cannot be combined with --resume"),
+    ],
+)
+def test_resume_refuses_to_change_what_the_run_is(capsys, tmp_path, argv, message):
+    saved_run(tmp_path / "run", "--smoke")
+    error = error_line(capsys, ["--resume", "--output_dir", tmp_path / "run", *argv])
+    assert message in error, error
+
+
+def test_resume_needs_the_runs_settings(capsys, tmp_path):
+    message = f"--resume: {tmp_path}/settings.yaml does not exist: name the run's folder with --output_dir"
+    assert message in error_line(capsys, ["--resume", "--output_dir", tmp_path])
+    (tmp_path / "settings.yaml").write_text("max_steps: 3\n")
+    assert "is not the settings file of a run of this script" in error_line(capsys, ["--resume", "--output_dir", tmp_path])
 
 
 @pytest.mark.parametrize(
@@ -84,6 +145,17 @@ def test_renamed_library_settings_are_set_from_ours():
         (["--temperature", "0"], "temperature must be above 0"),
         (["--kl_coef", "-0.1"], "kl_coef must be 0"),
         (["--eval_samples", "0"], "eval_samples must be at least 1"),
+        (["--max_steps", "-5"], "max_steps must be a positive number of steps, or -1 to train num_train_epochs, not -5"),
+        (["--learning_rate", "0"], "learning_rate must be above 0, not 0.0"),
+        (["--logging_steps", "0"], "logging_steps must be above 0, not 0"),
+        (["--save_steps", "-10"], "save_steps must be above 0, not -10"),
+        (["--per_device_train_batch_size", "0"], "per_device_train_batch_size must be at least 1, not 0"),
+        (["--lora_r", "0"], "lora_r must be at least 1, not 0"),
+        (["--warmup_steps", "-1"], "warmup_steps must be 0 or more, not -1"),
+        (["--completion_samples_every", "-1"], "completion_samples_every must be 0 or more, not -1"),
+        (["--lora_dropout", "1"], "lora_dropout must be below 1, not 1.0"),
+        (["--top_p", "1.5"], "top_p must be at most 1, not 1.5"),
+        (["--config", str(REPO / "configs")], f"config file {REPO / 'configs'} is a folder: name a YAML file"),
         (["--use_vllm", "true"], "4-bit loading with vLLM generation is broken upstream: set load_in_4bit: false"),
         (["--adapter", "x"], "--adapter is for --eval_only"),
         (["--reward_weights", "0.5", "0.5"], "reward_weights needs 4 numbers, one per reward in order: format_reward"),
@@ -112,12 +184,30 @@ def test_batch_not_divisible_by_generations_explains_trls_rule(capsys):
         ("resume_from_checkpoint: true\n", "'resume_from_checkpoint' is called 'resume' here"),
         ("max_steps: [1, 2\n", "is not valid YAML"),
         ("- max_steps\n", "must be a mapping"),
+        ("max_steps: abc\n", "max_steps is 'abc' in"),
+        ("max_steps: 1.5\n", "max_steps is 1.5 in"),
+        ("learning_rate: fast\n", "learning_rate is 'fast' in"),
+        ("bf16: maybe\n", "bf16 is 'maybe' in"),
+        ("eval_strategy: sometimes\n", "which is not one of no, steps, epoch"),
+        ("reward_weights: [1, x, 1, 1]\n", "reward_weights is 'x' in"),
     ],
 )
 def test_bad_config_file_is_one_line_and_exit_2(capsys, tmp_path, text, message):
     config = tmp_path / "bad.yaml"
     config.write_text(text)
     assert message in error_line(capsys, ["--config", config])
+
+
+def test_an_output_dir_that_cannot_be_written_fails_before_anything_loads(capsys, tmp_path):
+    (tmp_path / "file").write_text("")
+    cases = {
+        tmp_path / "file": "output_dir {} is a file, not a folder",
+        tmp_path / "file" / "run": f"output_dir {{}} cannot be created: {tmp_path / 'file'} is a file",
+        "/proc/sys/run": "output_dir {} cannot be created: /proc/sys is not writable",
+    }
+    for output_dir, message in cases.items():
+        assert message.format(output_dir) in error_line(capsys, ["--smoke", "--output_dir", output_dir])
+    assert [path.name for path in tmp_path.iterdir()] == ["file"]
 
 
 def test_output_dir_is_never_reused_unless_resuming(tmp_path):
@@ -127,18 +217,20 @@ def test_output_dir_is_never_reused_unless_resuming(tmp_path):
     assert settings.claim_output_dir(str(first), resume=False) == str(first)  # empty: nothing to lose
     (first / "settings.yaml").write_text("x")
     assert settings.claim_output_dir(str(first), resume=False) == f"{first}-2"
-    with pytest.raises(settings.InputError, match="no checkpoint"):
-        settings.claim_output_dir(str(first), resume=True)
+    assert settings.claim_output_dir(str(first), resume=True) == str(first)
 
 
-def test_report_prints_constants_then_what_was_set_with_sources_and_saves_everything(tmp_path, capsys):
-    run = grpotrainer.read_settings(["--smoke", "--output_dir", str(tmp_path / "run")])
+def test_report_prints_plain_values_grouped_by_source_in_layer_order_and_saves_everything(tmp_path, capsys):
+    run = grpotrainer.read_settings(["--smoke", "--output_dir", str(tmp_path / "run"), "--eval_strategy", "steps"])
     settings.report_settings(run, grpotrainer.CONSTANTS)
-    lines = capsys.readouterr().out.splitlines()
+    out = capsys.readouterr().out
+    lines = out.splitlines()
     assert lines[0] == "settings (grpotrainer.py < config file < --smoke < command line):"
-    keys = [line.split(":")[0].strip() for line in lines[1:]]
-    assert keys[: len(grpotrainer.CONSTANTS)] == sorted(grpotrainer.CONSTANTS)
-    assert f"  output_dir: {tmp_path / 'run'}    (command line)" in lines and "  max_steps: 80    (--smoke)" in lines
+    sources = [line.split(":")[0].strip() for line in lines[1:] if not line.startswith("      ")]
+    assert sources[:5] == ["grpotrainer.py", "config.yaml", "--smoke", "no GPU", "command line"]
+    assert f"output_dir={tmp_path / 'run'}" in out and "max_steps=80" in out and "eval_strategy=steps" in out
+    assert "IntervalStrategy" not in out and "SchedulerType" not in out
+    assert "(--smoke replaces grpotrainer.py's dataset_config, dataset_name, eval_samples, model_name, num_generations, temperature: edits there have no effect with it)" in out  # fmt: skip
     saved = yaml.safe_load((tmp_path / "run" / "settings.yaml").read_text())
     assert saved == yaml.safe_load(yaml.safe_dump(run.as_dict()))
     assert saved["training"]["beta"] == grpotrainer.KL_COEF and saved["script"]["smoke"] is True
