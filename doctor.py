@@ -17,6 +17,7 @@ import fnmatch
 import json
 import math
 import statistics
+import sys
 from collections import defaultdict
 from collections.abc import Callable
 from functools import partial
@@ -523,6 +524,10 @@ def halved(value: int, least: int) -> str:
 
 def switched_on(name: str, on: bool) -> str:
     return f"{name} true (on already)" if on else f"{name} false -> true"
+
+
+def report_out_of_memory(args, model_args, step: int) -> None:
+    tqdm.write(out_of_memory_message(args, model_args, step), file=sys.stderr)  # on a line of its own, not the bar's
 
 
 def out_of_memory_message(args, model_args, step: int) -> str:

@@ -232,7 +232,7 @@ def train(run: RunSettings, inputs: Inputs) -> int:
     except torch.OutOfMemoryError:
         if watcher is None:
             raise
-        print(doctor.out_of_memory_message(run.training, run.model, trainer.state.global_step), file=sys.stderr)
+        doctor.report_out_of_memory(run.training, run.model, trainer.state.global_step)
         return doctor.EXIT_OUT_OF_MEMORY
     if watcher is not None and watcher.exit_code:
         return watcher.exit_code
