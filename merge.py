@@ -29,12 +29,10 @@ def merged_dir(adapter: Path) -> Path:
     return adapter.parent / f"{adapter.name}-merged"
 
 
-def check_request(adapter: str | None, eval_only: bool, resume: bool) -> Path:
-    """The flags that make no sense with --merge; returns the adapter folder."""
+def check_request(adapter: str | None) -> Path:
+    """What --merge needs besides the settings' own checks; returns the adapter folder."""
     if adapter is None:
         raise InputError("--merge needs --adapter: the folder of the LoRA adapter to merge, e.g. RUN/final")
-    if eval_only or resume:
-        raise InputError(f"--merge cannot be combined with --{'eval_only' if eval_only else 'resume'}")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process would write the same folder
         raise InputError("--merge runs in one process: start it with python, not torchrun or accelerate launch")
     return Path(adapter)
@@ -126,7 +124,7 @@ def load_run_tokenizer(adapter: Path, model_name: str, revision: str | None, tru
 
 def merge_run(run: RunSettings) -> int:
     """--merge: check everything cheap, then load, merge, save and say how to use the result."""
-    adapter = check_request(run.script.adapter, run.script.eval_only, run.script.resume)
+    adapter = check_request(run.script.adapter)
     model_name, revision = run.model.model_name_or_path, run.model.model_revision
     out = check_paths(adapter, model_name)
     dtype, why = merge_dtype(adapter, run.model.dtype, run.sources.get("dtype"))

@@ -297,6 +297,8 @@ def parse_settings(argv: list[str], constants: dict, config_file: str, script_di
     cli_keys = command_line_keys(argv)
     check_keys(cli_keys, valid, "on the command line")
     modes = parser.parse_known_args(argv)[0]  # --config, --smoke, --eval_only and --resume decide the layers below
+    if modes.merge and (modes.eval_only or modes.resume):
+        raise InputError(f"--merge cannot be combined with --{'eval_only' if modes.eval_only else 'resume'}")
     if modes.resume:
         saved = read_saved_settings(Path(modes.output_dir if "output_dir" in cli_keys else constants["output_dir"]))
         layers = [replayed_values(saved, constants)]
