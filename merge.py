@@ -135,6 +135,6 @@ def merge_run(run: RunSettings) -> int:
     print(
         f"merged model in {str(merged.dtype).removeprefix('torch.')}, {why}: {out}\n"
         f'load it like any model: AutoModelForCausalLM.from_pretrained("{out}"), vllm serve {out}, '
-        f"or python grpotrainer.py --eval_only --model_name {out}"
+        f"or python grpotrainer.py{' --smoke' * run.script.smoke} --eval_only --model_name {out}"
     )
     return 0

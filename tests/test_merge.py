@@ -95,7 +95,7 @@ def test_merge_says_where_it_wrote_and_how_to_load_it(merged):
     folder, printed = merged
     lines = printed.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("merged model in float32") and lines[0].endswith(f": {folder}")
-    assert f'AutoModelForCausalLM.from_pretrained("{folder}")' in lines[1] and f"--model_name {folder}" in lines[1]
+    assert f'AutoModelForCausalLM.from_pretrained("{folder}")' in lines[1] and f"--smoke --eval_only --model_name {folder}" in lines[1]
 
 
 def test_a_merged_checkpoint_is_no_checkpoint_that_the_trainer_would_rotate_away(tmp_path):
