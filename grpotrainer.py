@@ -62,7 +62,7 @@ def read_settings(argv: list[str]) -> RunSettings:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# The trainer: TRL's GRPOTrainer plus the reference design's metrics, sample completions, and greedy accuracy
+# The trainer: TRL's GRPOTrainer plus the monitoring metrics, sample completions, and greedy accuracy
 
 
 class GSM8KGRPOTrainer(GRPOTrainer):

@@ -538,7 +538,7 @@ BAD_ITEMS = [
     [{"role": "assistant", "content": 7}], [{"role": None, "content": "#### 1"}],
     [[{"role": "assistant"}]],
 ]
-# The pathological inputs the issue names: they state no answer, so every reward is 0.0.
+# Pathological inputs (a megabyte of one character, runaway repetitions): they state no answer, so every reward is 0.0.
 PATHOLOGICAL = {
     "commas": "1," * 500_000,
     "hash markers": "####" * 100_000,
