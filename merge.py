@@ -15,9 +15,8 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+import loading
 from settings import InputError, RunSettings
-
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 def merged_dir(adapter: Path) -> Path:
@@ -40,10 +39,8 @@ def check_request(adapter: str | None) -> Path:
 
 def check_paths(adapter: Path, model_name: str) -> Path:
     """Everything about the input that can be checked without loading a model; returns the folder to write."""
-    config_file = adapter / ADAPTER_CONFIG
-    if not config_file.is_file():
-        raise InputError(f"adapter folder {adapter} does not exist or holds no {ADAPTER_CONFIG}")
-    trained_on = json.loads(config_file.read_text()).get("base_model_name_or_path")
+    loading.check_adapter(str(adapter))
+    trained_on = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if trained_on and not same_model(trained_on, model_name):
         raise InputError(
             f"adapter {adapter} is an adapter for another base: it was trained on '{trained_on}', not on "
@@ -85,7 +82,7 @@ def load_base(model_name: str, dtype: str | None, revision: str | None, trust_re
             model_name, dtype=dtype, revision=revision, trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError) as error:
-        raise InputError(f"could not load model '{model_name}': {str(error).strip().splitlines()[0]}") from None
+        raise loading.model_load_error(model_name, error) from None
 
 
 def merge_adapter(base, adapter: Path):
