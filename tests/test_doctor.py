@@ -14,9 +14,11 @@ from transformers import TrainerControl, TrainerState
 import doctor
 import evaluation
 import grpotrainer
+import rewards
 from conftest import ENV, REPO, tensorboard_log
 
 NAN = math.nan
+FORMAT, ANSWER_PRESENT = doctor.reward_key(rewards.format_reward), doctor.reward_key(rewards.answer_present_reward)
 
 
 @pytest.fixture(scope="module")
@@ -97,11 +99,11 @@ def test_clipped_completions_advice_depends_on_thinking(args):
 
 
 def test_repeated_answer_line_is_truncation_while_the_format_reward_rises(args):
-    format_rising = [{"completions/clipped_ratio": 0.9, doctor.FORMAT: 0.2 * step} for step in range(6)]
+    format_rising = [{"completions/clipped_ratio": 0.9, FORMAT: 0.2 * step} for step in range(6)]
     run, events = feed(args, format_rising)
     assert events == [(3, "clipped_completions", "started"), (6, "repeated_answer_line", "started")]  # rise from 4
     assert "mask_truncated_completions false -> true" in run.events[-1].message
-    format_flat = [{"completions/clipped_ratio": 0.9, doctor.FORMAT: 0.0} for _ in range(6)]
+    format_flat = [{"completions/clipped_ratio": 0.9, FORMAT: 0.0} for _ in range(6)]
     assert feed(args, format_flat)[1] == [(3, "clipped_completions", "started")]
 
 
@@ -115,7 +117,7 @@ def test_entropy_collapse_is_a_sustained_fall_below_a_quarter_of_its_start(args)
 
 def hacking(correctness: list[float], form: list[float]) -> list[dict]:
     return [
-        {"rewards/correctness_reward/mean": c, doctor.FORMAT: f, doctor.ANSWER_PRESENT: 0.5}
+        {"rewards/correctness_reward/mean": c, FORMAT: f, ANSWER_PRESENT: 0.5}
         for c, f in zip(correctness, form, strict=True)
     ]
 
@@ -129,6 +131,74 @@ def test_reward_hacking_is_format_up_while_correctness_falls(args):
     assert "rewards/correctness_reward/mean fell from its best 0.5 to 0.2 (means of 5), by 0.3 > 0.1" in message
     assert "rewards/format_reward/mean rose from 0.1 to 0.8" in message
     assert feed(args, hacking(correctness, [0.1] * 16))[1] == []  # a fall without a format gain is something else
+
+
+def test_reward_hacking_reads_the_reward_names_from_rewards(args, monkeypatch):
+    """A reward renamed in rewards.py is logged by TRL under its new name; the rule follows it."""
+    monkeypatch.setattr(rewards.format_reward, "__name__", "final_line_reward")
+    monkeypatch.setattr(rewards.correctness_reward, "__name__", "right_answer_reward")
+    stream = [
+        {"rewards/right_answer_reward/mean": c, "rewards/final_line_reward/mean": f}
+        for c, f in zip([0.5] * 6 + [0.2] * 10, [0.1] * 6 + [0.8] * 10, strict=True)
+    ]
+    run, events = feed(args, stream)
+    assert events == [(12, "reward_hacking", "started")]
+    assert "rewards/right_answer_reward/mean fell from its best 0.5 to 0.2" in run.events[0].message
+    assert "while rewards/final_line_reward/mean rose from 0.1 to 0.8" in run.events[0].message
+
+
+def reward_steps(name: str, means: list[float], stds: list[float], clipped: float = 0.0) -> list[dict]:
+    return [
+        {f"rewards/{name}/mean": m, f"rewards/{name}/std": s, "completions/clipped_ratio": clipped}
+        for m, s in zip(means, stds, strict=True)
+    ]
+
+
+def test_a_reward_at_one_for_every_completion_is_dead_and_its_weight_goes_to_correctness(args):
+    run, events = feed(args, reward_steps("answer_present_reward", [1.0] * 7, [0.0] * 7))
+    assert events == [(5, "dead_answer_present_reward", "started")]
+    assert run.events[0].message == (
+        "doctor: step 5: dead_answer_present_reward: rewards/answer_present_reward/std 0 for 5 logging steps, while "
+        "every completion scored 1: the reward is the same for every completion, so it adds nothing to the advantages "
+        "-> it is saturated, so its weight is wasted: move it to correctness, reward_weights 0.2 0.2 0.2 0.4 -> "
+        "0.2 0.2 0 0.6 (in rewards.REWARDS' order)"
+    )
+    assert (run.events[0].value, run.events[0].threshold) == (0.0, 0.0)
+
+
+def test_a_reward_at_zero_because_completions_are_cut_points_at_the_length_fix(args):
+    run, events = feed(args, reward_steps("format_reward", [0.0] * 5, [0.0] * 5, clipped=0.94))
+    assert events[-1] == (5, "dead_format_reward", "started")
+    assert run.events[-1].advice == (
+        "94% of the completions are cut at max_completion_length, too short to earn it: raise max_completion_length "
+        "16 -> 32 (thinking is off)"
+    )
+    run, _ = feed(args, reward_steps("format_reward", [0.0] * 5, [0.0] * 5, clipped=0.1))
+    assert run.events[-1].advice == (
+        "no completion earns it: read the text tab for what the model writes instead; raise num_generations 8 -> 16"
+    )
+
+
+def test_a_reward_that_varies_now_and_then_is_alive_and_a_dead_one_clears(args):
+    stds = [0.0, 0.0, 0.0, 0.0, 0.3, 0.0, 0.0, 0.0, 0.0]
+    assert feed(args, reward_steps("correctness_reward", [0.0] * 9, stds))[1] == []  # 4 in a row at most
+    revived = reward_steps("reasoning_reward", [0.5] * 5 + [0.4] * 5, [0.0] * 5 + [0.2] * 5)
+    assert feed(args, revived)[1] == [(5, "dead_reasoning_reward", "started"), (10, "dead_reasoning_reward", "cleared")]
+    unscored = [{"rewards/reasoning_reward/std": 0.0, "rewards/reasoning_reward/mean": None}] * 6  # all NaN
+    assert "dead_reasoning_reward" not in [event[1] for event in feed(args, unscored)[1]]
+
+
+def test_the_dead_reward_rule_watches_every_reward_of_rewards_rewards(args, monkeypatch):
+    def length_reward(completions, **kwargs):
+        return [1.0] * len(completions)
+
+    monkeypatch.setattr(rewards, "REWARDS", rewards.REWARDS + ((length_reward, 0.0),))
+    args.reward_weights = [weight for _, weight in rewards.REWARDS]  # as settings.py makes them
+    names = [condition.name for condition in doctor.Doctor(args).conditions if condition.name.startswith("dead_")]
+    assert names == [f"dead_{function.__name__}" for function, _ in rewards.REWARDS]
+    run, events = feed(args, reward_steps("length_reward", [1.0] * 5, [0.0] * 5))
+    assert events == [(5, "dead_length_reward", "started")]
+    assert run.events[0].advice == "it is saturated, and its weight is 0 already: it costs nothing"
 
 
 def test_eval_accuracy_drop_needs_the_paired_interval_below_zero(args):
@@ -322,6 +392,9 @@ def test_out_of_memory_in_training_prints_the_remedies_and_exit_code_4(tmp_path)
     assert "Traceback" not in result.stderr
 
 
+# Issue 21: with the new answer_present_reward the random smoke model earns no reward at all, so a normal smoke run also
+# raises no_learning_signal and a dead_<reward> for each reward (see test_grpotrainer.test_smoke_run_visibly_learns).
+@pytest.mark.xfail(strict=True, reason="issue 21: the --smoke preset learns nothing with the new answer_present_reward")
 def test_a_normal_smoke_run_raises_only_the_alarm_that_is_true_of_it(smoke_run):
     """The smoke preset's 16 tokens cut nearly every completion of the tiny model: that is the one true alarm."""
     out, stdout = smoke_run
