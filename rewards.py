@@ -582,8 +582,8 @@ def reward_functions(stop_token_ids) -> list:
     """REWARDS' functions as a trainer hands them to TRL, each bound to the ids a finished completion
     ends in, so that those that pay nothing for a cut completion tell it from ``completion_ids``.
 
-    A ``functools.partial`` keeps the function's name in TRL's metrics (TRL's ``get_callable_name``
-    unwraps it) and pickles like the function.
+    A ``functools.partial`` keeps the function's name in TRL's metrics (TRL 1.16's ``get_callable_name``
+    unwraps it, trl/trainer/utils.py:236-244) and pickles like the function.
     """
     stops = frozenset(stop_token_ids)
     return [partial(function, stop_token_ids=stops) for function, _ in REWARDS]
