@@ -34,6 +34,8 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
+import settings  # first: it quiets a warning that bitsandbytes prints when it is imported
+
 import torch
 from accelerate import PartialState
 from datasets import Dataset
@@ -47,7 +49,6 @@ import evaluation
 import loading
 import merge
 import rewards
-import settings
 import smoke
 from settings import InputError, RunSettings
 
@@ -58,7 +59,8 @@ PROMPT = (
 
 
 def read_settings(argv: list[str]) -> RunSettings:
-    return settings.parse_settings(argv, CONSTANTS, CONFIG_FILE, Path(__file__).resolve().parent)
+    script = Path(__file__).resolve()
+    return settings.parse_settings(argv, CONSTANTS, CONFIG_FILE, script.parent, settings.constant_comments(script))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@ an optional LoRA adapter. What cannot be loaded is an InputError: one line and e
 
 import importlib.util
 import json
-import logging
 import socket
 import zipfile
 from pathlib import Path
@@ -19,10 +18,6 @@ from trl import GRPOConfig, ModelConfig, get_quantization_config
 
 import rewards
 from settings import InputError
-
-# bitsandbytes warns at import that a kernel for its CPU inference repack is missing; keep_cpu_4bit_weights_trainable
-# turns that repack off, so the warning is noise that would stand beside every one-line error.
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The hub: asked only when a name is no local path, and never waited for

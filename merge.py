@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 import loading
-from settings import InputError, RunSettings
+from settings import InputError, Layer, RunSettings, Source
 
 
 def merged_dir(adapter: Path) -> Path:
@@ -60,11 +60,11 @@ def same_model(recorded: str, given: str) -> bool:
     return recorded == given
 
 
-def merge_dtype(adapter: Path, dtype: str | None, dtype_source: str | None) -> tuple[str | None, str]:
+def merge_dtype(adapter: Path, dtype: str | None, dtype_source: Source | None) -> tuple[str | None, str]:
     """The precision to merge and save in, and why: --dtype if given, else the one the run computed in (from the
     run's settings.yaml beside the adapter: bf16 for a GPU run, float32 for a CPU run), else this machine's default
     (bf16 from config.yaml on a GPU, float32 without one)."""
-    if dtype_source == "command line":
+    if dtype_source is not None and dtype_source.layer is Layer.COMMAND_LINE:
         return dtype, "as --dtype asks"
     run_settings = adapter.parent / "settings.yaml"
     if run_settings.is_file():
