@@ -138,10 +138,17 @@ def compare_before_after(before: list[dict], after: list[dict]) -> dict:
         "difference": difference,
         "difference_ci95": (difference - half, difference + half),
         "significant": abs(difference) > half,
+        "changed": gained + lost,  # questions answered right on one side only
     }
 
 
 def describe_comparison(result: dict) -> str:
+    if result["changed"] == 0:  # the interval is then a point, and "+0.0% [+0.0% to +0.0%]" says nothing
+        right = round(result["before"] * result["questions"])
+        return (
+            f"before {result['before']:.1%} -> after {result['after']:.1%} on {result['questions']} test questions: "
+            f"every question scored the same before and after ({right} of {result['questions']} right): no change"
+        )
     low, high = result["difference_ci95"]
     verdict = "a real change (the interval excludes 0)" if result["significant"] else "within noise (the interval includes 0)"  # fmt: skip
     return (

@@ -25,6 +25,18 @@ def test_paired_difference_is_significant_only_when_its_interval_excludes_zero()
     assert not evaluation.compare_before_after(same, one_more)["significant"]
 
 
+def test_a_comparison_where_no_answer_changed_says_so_instead_of_a_zero_width_interval():
+    wrong = [{"correct": False}] * 16
+    line = evaluation.describe_comparison(evaluation.compare_before_after(wrong, wrong))
+    assert line == (
+        "before 0.0% -> after 0.0% on 16 test questions: every question scored the same before and after "
+        "(0 of 16 right): no change"
+    )
+    mixed = [{"correct": True}, {"correct": False}] * 8
+    assert "(8 of 16 right): no change" in evaluation.describe_comparison(evaluation.compare_before_after(mixed, mixed))
+    assert "[95% CI" in evaluation.describe_comparison(evaluation.compare_before_after(wrong, mixed))
+
+
 def write_results(folder, rows):
     folder.mkdir(parents=True)
     (folder / "eval_results.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
