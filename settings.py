@@ -186,29 +186,24 @@ RENAMED = {rule.library_name: name for name, rule in rules().items() if rule.lib
 LIBRARY_FIELDS = {field.name: field for kind in (GRPOConfig, ModelConfig) for field in dataclasses.fields(kind)}
 
 
-class Layer(enum.IntEnum):
-    """Where a value came from, in the order the layers apply (a config file and settings.yaml never meet)."""
+class Layer(enum.Enum):
+    """Where a value came from, in the order the layers apply (a config file and settings.yaml never meet), by the
+    label people read."""
 
-    CONSTANTS = 0
-    CONFIG_FILE = 1
-    SAVED = 2
-    SMOKE = 3
-    EVAL_ONLY = 4
-    NO_GPU = 5
-    COMMAND_LINE = 6
-
-
-LABELS = {
-    Layer.CONSTANTS: "grpotrainer.py", Layer.SAVED: "settings.yaml", Layer.SMOKE: "--smoke",
-    Layer.EVAL_ONLY: "--eval_only", Layer.NO_GPU: "no GPU", Layer.COMMAND_LINE: "command line",
-}  # fmt: skip
+    CONSTANTS = "grpotrainer.py"
+    CONFIG_FILE = "config file"  # labelled by the file's name
+    SAVED = "settings.yaml"
+    SMOKE = "--smoke"
+    EVAL_ONLY = "--eval_only"
+    NO_GPU = "no GPU"
+    COMMAND_LINE = "command line"
 
 
 class Source(str):
     """A value's layer, which code reads, as the label people read: a config file is named by its file name."""
 
     def __new__(cls, layer: Layer, label: str = ""):
-        source = super().__new__(cls, label or LABELS[layer])
+        source = super().__new__(cls, label or layer.value)
         source.layer = layer
         return source
 
@@ -659,11 +654,11 @@ def report_settings(run: RunSettings, constants: dict) -> None:
     groups = {}
     for key in sorted(constants.keys() | run.sources.keys()):
         groups.setdefault(run.sources.get(key, Source(Layer.CONSTANTS)), []).append(f"{key}={plain[key]}")
-    lines = [source_line(source, groups[source]) for source in sorted(groups, key=lambda source: source.layer)]
+    lines = [source_line(source, groups[source]) for source in sorted(groups, key=lambda source: list(Layer).index(source.layer))]
     for preset in (Layer.SMOKE, Layer.EVAL_ONLY):
         if replaced := sorted(key for key in constants if getattr(run.sources.get(key), "layer", None) is preset):
             names = ", ".join(replaced)
-            lines.append(f"  ({LABELS[preset]} replaces grpotrainer.py's {names}: edits there have no effect with it)")
+            lines.append(f"  ({preset.value} replaces grpotrainer.py's {names}: edits there have no effect with it)")
     layers = "settings.yaml < command line" if run.script.resume else "grpotrainer.py < config file < --smoke < command line"  # fmt: skip
     print(f"settings ({layers}):\n" + "\n".join(lines))
     folder = Path(run.training.output_dir)
