@@ -44,7 +44,15 @@ class ScriptOptions:
     config: str = dataclasses.field(default="", metadata={"help": "The YAML file of training settings."})
     smoke: bool = dataclasses.field(default=False, metadata={"help": "Offline run on a tiny model and synthetic data."})
     eval_only: bool = dataclasses.field(default=False, metadata={"help": "Only measure GSM8K test accuracy."})
-    adapter: str | None = dataclasses.field(default=None, metadata={"help": "A LoRA adapter folder to evaluate."})
+    adapter: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "A LoRA adapter folder, on its recorded base: evaluated (--eval_only), merged (--merge), or "
+                  "trained on (a run continues it: SFT -> DPO -> GRPO)."},
+    )
+    allow_other_base: bool = dataclasses.field(
+        default=False,
+        metadata={"help": "Use --adapter on a --model_name other than the base it records, where its shapes fit."},
+    )
     resume: bool = dataclasses.field(default=False, metadata={"help": "Continue from output_dir's last checkpoint."})
     doctor: bool = dataclasses.field(default=True, metadata={"help": "Report problems as they start (doctor.py)."})
     merge: bool = dataclasses.field(
@@ -58,7 +66,7 @@ class ScriptOptions:
     )
 
 
-COMMAND_LINE_ONLY = {"config", "smoke", "eval_only", "adapter", "resume", "merge"}
+COMMAND_LINE_ONLY = {"config", "smoke", "eval_only", "adapter", "allow_other_base", "resume", "merge"}
 # The library's name -> this script's name, so that each setting has one name. The library's name is refused as
 # input and set from ours. (GRPOTrainer ignores resume_from_checkpoint in its config: the trainer is handed it.)
 RENAMED = {
@@ -256,8 +264,6 @@ def check_values(values: dict) -> None:
         names = ", ".join(function.__name__ for function, _ in rewards.REWARDS)
         raise InputError(f"reward_weights needs {len(rewards.REWARDS)} numbers, one per reward in order: {names}")
     check_dataset_split(values)
-    if values["adapter"] and not values["eval_only"] and not values["merge"]:
-        raise InputError("--adapter is for --eval_only and --merge: training always starts a new adapter (or --resume)")
     if values["use_vllm"] and values["load_in_4bit"]:
         raise InputError(
             "4-bit loading with vLLM generation is broken upstream: set load_in_4bit: false to train a bf16 LoRA "
@@ -451,7 +457,7 @@ def claim_output_dir(requested: str, resume: bool) -> str:
 
 
 # The layers in the order they apply, for the printed settings; the config file comes second.
-LAYER_ORDER = ["grpotrainer.py", "settings.yaml", "--smoke", "--eval_only", "no GPU", "command line"]
+LAYER_ORDER = ["grpotrainer.py", "settings.yaml", "--smoke", "--eval_only", "no GPU", "--adapter", "command line"]
 
 
 def layer_rank(source: str) -> float:
