@@ -48,11 +48,6 @@ def read_config(adapter: str) -> dict:
     return config
 
 
-def recorded_base(adapter: str) -> str | None:
-    """The base model the adapter was trained on, as peft records it (None if it records none)."""
-    return read_config(adapter).get("base_model_name_or_path") or None
-
-
 def same_model(recorded: str, given: str) -> bool:
     """A local folder may be named by different paths; a hub id only by itself."""
     paths = [Path(name).expanduser() for name in (recorded, given)]
@@ -152,7 +147,8 @@ def check_lora_settings(adapter: str, config: dict, run: RunSettings) -> None:
             continue
         given, own = getattr(run.model, key), as_setting(config[field])
         if key == "lora_target_modules":
-            agree = selected_modules(given, run) == selected_modules(own, run)
+            model = loading.meta_model(run.model, run.training)
+            agree = selected_modules(given, model) == selected_modules(own, model)
         else:
             agree = settings.same_setting(own, given)
         if not agree:
@@ -162,11 +158,10 @@ def check_lora_settings(adapter: str, config: dict, run: RunSettings) -> None:
             )
 
 
-def selected_modules(targets, run: RunSettings) -> set[str]:
-    """The modules that LoRA target_modules select on the run's model, by peft's rules: 'all-linear' is every linear
+def selected_modules(targets, model) -> set[str]:
+    """The modules that LoRA target_modules select on the model, by peft's rules: 'all-linear' is every linear
     layer but the output layer (peft/tuners/tuners_utils.py, _maybe_include_all_linear_layers), a string a regular
     expression, a list names or name endings; peft saves 'all-linear' as the list of what it selected."""
-    model = loading.meta_model(run.model, run.training)
     names = [name for name, _ in model.named_modules()]
     if targets == "all-linear" or targets == ["all-linear"]:
         output = model.get_output_embeddings()
