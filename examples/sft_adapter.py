@@ -50,9 +50,8 @@ def train_sft_adapter(out: Path, steps: int) -> None:
         seed=0,
     )
     # r=8 on the attention layers only, unlike grpotrainer.py's r=16 on every linear layer: GRPO keeps this shape
-    lora = LoraConfig(
-        r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM"
-    )
+    attention = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    lora = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=attention, task_type="CAUSAL_LM")
     trainer = SFTTrainer(
         model=model, args=config, train_dataset=solutions(smoke.SMOKE_DIR / "gsm8k" / "train.jsonl"), peft_config=lora
     )

@@ -62,8 +62,11 @@ def test_bad_adapters_are_one_line_and_exit_2_before_any_weights_load(capsys, tm
             "is an adapter for another base: it does not fit the model: model.layers.0.mlp.down_proj has 128 inputs, "
             "the adapter's 64",
         ),
-        "conflicting_rank": (["--adapter", sft_adapter, "--lora_r", 16], "lora_r is 16 on the command line, but adapter "
-                             f"{sft_adapter} has r 8: a continued adapter keeps its own LoRA settings (leave lora_r out)"),
+        "conflicting_rank": (
+            ["--adapter", sft_adapter, "--lora_r", 16],
+            f"lora_r is 16 on the command line, but adapter {sft_adapter} has r 8: a continued adapter keeps its own "
+            "LoRA settings (leave lora_r out)",
+        ),
         "conflicting_targets": (
             ["--adapter", sft_adapter, "--lora_target_modules", "all-linear"],
             "lora_target_modules is all-linear on the command line, but adapter "

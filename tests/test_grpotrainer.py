@@ -196,7 +196,7 @@ def lora_weights(folder: Path) -> dict:
     return load_file(folder / "adapter_model.safetensors")
 
 
-def test_a_continued_adapter_starts_as_the_adapter_with_itself_as_the_kl_reference(continued_run, sft_adapter, tmp_path):
+def test_a_continued_adapter_starts_as_itself_with_itself_as_the_kl_reference(continued_run, sft_adapter, tmp_path):
     out, _ = continued_run
     step_0 = [json.loads(line)["completion"] for line in (out / "eval" / "step-0" / "eval_results.jsonl").open()]
     _, rows, _ = eval_only("--adapter", sft_adapter, "--eval_samples", len(step_0), "--output_dir", tmp_path / "a")
@@ -219,7 +219,8 @@ def test_a_continued_adapter_keeps_its_shape_moves_and_loads_on_its_base(continu
     base = AutoModelForCausalLM.from_pretrained(smoke.SMOKE_DIR / "model", dtype=torch.float32)
     loaded = PeftModel.from_pretrained(base, out / "final")
     key = next(key for key in final if "lora_B" in key)
-    assert torch.equal(loaded.get_parameter(key.replace(".weight", ".default.weight")).to(final[key].dtype), final[key])
+    loaded_value = loaded.get_parameter(key.replace(".weight", ".default.weight"))
+    assert torch.equal(loaded_value.to(final[key].dtype), final[key])
     saved = yaml.safe_load((out / "settings.yaml").read_text())
     assert saved["script"]["adapter"] == str(sft_adapter) and saved["model"]["lora_r"] == 8
     assert "  --adapter: lora_alpha=16, " in stdout  # config.yaml's LoRA settings gave way to the adapter's
@@ -244,9 +245,11 @@ def test_merging_a_continued_run_without_smoke_uses_the_base_the_adapter_records
     merged = run_script("--merge", "--adapter", out / "final")
     assert merged.returncode == 0, merged.stderr[-3000:]
     base = smoke.SMOKE_DIR / "model"
-    assert merged.stdout.startswith(f"--adapter {out / 'final'}: on its base model {base}, as its adapter_config.json")
+    said = f"--adapter {out / 'final'}: on its base model {base}, as its adapter_config.json records"
+    assert merged.stdout.startswith(said)
     ids = torch.arange(2, 42).view(2, 20)
-    attached = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), out / "final")
+    base_model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    attached = PeftModel.from_pretrained(base_model, out / "final")
     merged_model = AutoModelForCausalLM.from_pretrained(out / "final-merged")
     with torch.inference_mode():
         assert torch.allclose(merged_model(input_ids=ids).logits, attached(input_ids=ids).logits, rtol=0, atol=1e-4)
@@ -255,8 +258,8 @@ def test_merging_a_continued_run_without_smoke_uses_the_base_the_adapter_records
 def test_two_processes_continue_an_adapter(tmp_path, sft_adapter):
     out = tmp_path / "run"
     result = run_script(
-        "--smoke", "--adapter", sft_adapter, "--max_steps", 2, "--eval_before_and_after", "false", "--output_dir", out,
-        launcher=(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"),
+        "--smoke", "--adapter", sft_adapter, "--max_steps", 2, "--eval_before_and_after", "false",
+        "--output_dir", out, launcher=(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"),
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.count("settings (grpotrainer.py") == 1
