@@ -3,6 +3,7 @@
     python grpotrainer.py                              # train with the settings below and config.yaml
     python grpotrainer.py --smoke                      # the whole pipeline offline on a tiny model, ~1 min on a CPU
     python grpotrainer.py --eval_only --adapter DIR    # greedy GSM8K test accuracy of MODEL_NAME (+ an adapter)
+    python grpotrainer.py --adapter DIR                # continue training a LoRA adapter (from SFT, DPO or a run)
     python grpotrainer.py --merge --adapter RUN/final  # a plain 16-bit model with the adapter in RUN/final-merged
     tensorboard --logdir outputs
 
@@ -43,6 +44,7 @@ from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 from trl import GRPOTrainer, get_peft_config
 from trl.models import unwrap_model_for_generation
 
+import adapters
 import console
 import doctor
 import evaluation
@@ -185,8 +187,6 @@ def load_inputs(run: RunSettings) -> Inputs:
         checkpoint, skipped = loading.resume_checkpoint(training.output_dir)
         for line in skipped if PartialState().is_main_process else ():
             print(line)
-    if script.adapter:
-        loading.check_adapter(script.adapter)
     loading.work_offline_unless_the_hub_answers([script.model_name, script.dataset_name])
     tokenizer = loading.load_tokenizer(run.model, training)
     loading.check_lora_targets(run.model, training)
@@ -202,7 +202,11 @@ def load_inputs(run: RunSettings) -> Inputs:
             train_set = loading.to_chat_prompts(train, PROMPT)
     model = loading.load_model(run.model, training)
     if script.adapter:
-        model = loading.attach_adapter(model, script.adapter)
+        model = (
+            adapters.attach(model, script.adapter)
+            if script.eval_only
+            else adapters.attach_for_training(model, script.adapter, script.model_name)
+        )
     return Inputs(tokenizer, model, train_set, eval_set, checkpoint)
 
 
@@ -215,8 +219,10 @@ def build_trainer(run: RunSettings, inputs: Inputs, callbacks=()) -> GSM8KGRPOTr
         train_dataset=inputs.train_set,
         eval_dataset=inputs.eval_set,
         processing_class=inputs.tokenizer,
-        peft_config=get_peft_config(run.model),
-        callbacks=list(callbacks),
+        # An adapter to continue comes loaded: TRL refuses a PeftModel with a peft_config, and given none copies the
+        # adapter into a frozen "ref" adapter, the KL reference (trl/trainer/grpo_trainer.py lines 457 and 501)
+        peft_config=None if run.script.adapter else get_peft_config(run.model),
+        callbacks=[adapters.RequireTrainableParameters(), *callbacks],
         completion_samples_every=run.script.completion_samples_every,
     )
 
@@ -274,6 +280,8 @@ def main(argv: list[str]) -> int:
         run = read_settings(argv)
         if run.script.smoke:
             smoke.build_assets()
+        if run.script.adapter:
+            adapters.check(run)
         if run.script.merge:
             return merge.merge_run(run)
         settings.check_output_dir(run.training.output_dir)

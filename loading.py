@@ -1,5 +1,5 @@
-"""Loading: GSM8K splits as chat prompts (from the hub, a folder or one file), the tokenizer, and the 4-bit model with
-an optional LoRA adapter. What cannot be loaded is an InputError: one line and exit code 2."""
+"""Loading: GSM8K splits as chat prompts (from the hub, a folder or one file), the tokenizer, and the 4-bit model (an
+existing adapter on it: adapters.py). What cannot be loaded is an InputError: one line and exit code 2."""
 
 import importlib.util
 import json
@@ -172,20 +172,26 @@ def load_tokenizer(model_args: ModelConfig, training_args: GRPOConfig):
         raise model_load_error(name, error) from None
 
 
-def check_lora_targets(model_args: ModelConfig, training_args: GRPOConfig) -> None:
-    """LoRA targets that name no module would fail only once the weights have loaded: check them against the model
-    built from its config on the meta device, which takes no memory and no time."""
-    targets = model_args.lora_target_modules
-    targets = [targets] if isinstance(targets, str) else targets or []
-    if not model_args.use_peft or targets in ([], ["all-linear"]):
-        return
+def meta_model(model_args: ModelConfig, training_args: GRPOConfig):
+    """The model built from its config on the meta device: its modules and shapes, without memory or time."""
     name = model_args.model_name_or_path
     try:
         config = AutoConfig.from_pretrained(name, revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code)  # fmt: skip
     except (OSError, ValueError) as error:
         raise model_load_error(name, error) from None
     with init_empty_weights():
-        modules = dict(AutoModelForCausalLM.from_config(config, trust_remote_code=training_args.trust_remote_code).named_modules())  # fmt: skip
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=training_args.trust_remote_code)
+
+
+def check_lora_targets(model_args: ModelConfig, training_args: GRPOConfig) -> None:
+    """LoRA targets that name no module would fail only once the weights have loaded: check them against the model
+    built from its config on the meta device."""
+    targets = model_args.lora_target_modules
+    targets = [targets] if isinstance(targets, str) else targets or []
+    if not model_args.use_peft or targets in ([], ["all-linear"]):
+        return
+    name = model_args.model_name_or_path
+    modules = dict(meta_model(model_args, training_args).named_modules())
     linear = sorted({module_name.rsplit(".", 1)[-1] for module_name, module in modules.items() if isinstance(module, torch.nn.Linear)})  # fmt: skip
     for target in targets:
         if not any(module_name == target or module_name.endswith("." + target) for module_name in modules):
@@ -222,20 +228,6 @@ def keep_cpu_4bit_weights_trainable(model) -> None:
     for module in model.modules():
         if isinstance(module, Linear4bit):
             module.support_avx512bf16_for_cpu = False
-
-
-def check_adapter(adapter: str) -> None:
-    if not (Path(adapter) / "adapter_config.json").is_file():
-        raise InputError(f"adapter folder {adapter} does not exist or holds no adapter_config.json")
-
-
-def attach_adapter(model, adapter: str):
-    from peft import PeftModel
-
-    try:
-        return PeftModel.from_pretrained(model, adapter)
-    except (RuntimeError, ValueError, KeyError) as error:
-        raise InputError(f"adapter {adapter} does not fit the model: {str(error).strip().splitlines()[-1]}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -102,7 +102,13 @@ class ScriptOptions:
         default=False, metadata={"help": "Only measure GSM8K test accuracy."}
     )
     adapter: Annotated[str | None, Rule(command_line_only=True)] = dataclasses.field(
-        default=None, metadata={"help": "A LoRA adapter folder to evaluate."}
+        default=None,
+        metadata={"help": "A LoRA adapter folder, on its recorded base: evaluated (--eval_only), merged (--merge), or "
+                  "trained on (a run continues it: SFT -> DPO -> GRPO)."},
+    )
+    allow_other_base: Annotated[bool, Rule(command_line_only=True)] = dataclasses.field(
+        default=False,
+        metadata={"help": "Use --adapter on a --model_name other than the base it records, where its shapes fit."},
     )
     resume: Annotated[bool, Rule(command_line_only=True, resume_may_change=True, library_name="resume_from_checkpoint")] = dataclasses.field(  # fmt: skip
         default=False, metadata={"help": "Continue from output_dir's last checkpoint."}
@@ -196,6 +202,7 @@ class Layer(enum.Enum):
     SMOKE = "--smoke"
     EVAL_ONLY = "--eval_only"
     NO_GPU = "no GPU"
+    ADAPTER = "--adapter"  # the LoRA shape of an adapter a run continues (adapters.py)
     COMMAND_LINE = "command line"
 
 
@@ -387,8 +394,6 @@ def check_values(values: dict) -> None:
         names = ", ".join(function.__name__ for function, _ in rewards.REWARDS)
         raise InputError(f"reward_weights needs {len(rewards.REWARDS)} numbers, one per reward in order: {names}")
     check_dataset_split(values)
-    if values["adapter"] and not values["eval_only"] and not values["merge"]:
-        raise InputError("--adapter is for --eval_only and --merge: training always starts a new adapter (or --resume)")
     if values["use_vllm"] and values["load_in_4bit"]:
         raise InputError(
             "4-bit loading with vLLM generation is broken upstream: set load_in_4bit: false to train a bf16 LoRA "

@@ -51,3 +51,14 @@ def smoke_run(tmp_path_factory):
     result = run_script("--smoke", "--output_dir", out)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out, result.stdout
+
+
+@pytest.fixture(scope="session")
+def sft_adapter(tmp_path_factory) -> Path:
+    """A LoRA adapter from TRL's SFTTrainer on the smoke model (examples/sft_adapter.py: r=8 on the attention layers,
+    unlike a run's own r=16 on every linear layer), the start of SFT -> GRPO."""
+    out = tmp_path_factory.mktemp("sft") / "adapter"
+    result = subprocess.run([sys.executable, str(REPO / "examples" / "sft_adapter.py"), str(out), "--steps", "8"],
+                            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=1800)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out

@@ -4,14 +4,17 @@ processes, and --eval_only."""
 
 import json
 import math
+import shutil
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import ENV, REPO, error_line, run_script, scalars, tensorboard_log
+from transformers import AutoModelForCausalLM
 
 import rewards
 import smoke
@@ -171,6 +174,96 @@ def test_an_output_dir_on_a_read_only_file_system_is_one_line_and_exit_2(tmp_pat
     assert result.returncode == 2, result.stderr[-3000:]
     message = f"grpotrainer.py: error: output_dir {tmp_path / 'run'} cannot be created: {tmp_path} is not writable (Read-only file system)"  # fmt: skip
     assert result.stderr.strip().splitlines()[-1] == message
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Continuing an existing adapter (SFT -> GRPO): --adapter on a training run
+
+
+@pytest.fixture(scope="module")
+def continued_run(sft_adapter, tmp_path_factory):
+    """Four GRPO steps on top of the SFT adapter, logging every step, with checkpoints at steps 2 and 4."""
+    out = tmp_path_factory.mktemp("continued") / "run"
+    result = run_script("--smoke", "--adapter", sft_adapter, "--max_steps", 4, "--logging_steps", 1,
+                        "--eval_steps", 1000, "--save_steps", 2, "--output_dir", out)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out, result.stdout
+
+
+def lora_weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "adapter_model.safetensors")
+
+
+def test_a_continued_adapter_starts_as_itself_with_itself_as_the_kl_reference(continued_run, sft_adapter, tmp_path):
+    out, _ = continued_run
+    step_0 = [json.loads(line)["completion"] for line in (out / "eval" / "step-0" / "eval_results.jsonl").open()]
+    _, rows, _ = eval_only("--adapter", sft_adapter, "--eval_samples", len(step_0), "--output_dir", tmp_path / "a")
+    _, base_rows, _ = eval_only("--eval_samples", len(step_0), "--output_dir", tmp_path / "base")
+    assert step_0 == [row["completion"] for row in rows]  # the first step's policy is the adapter
+    assert step_0 != [row["completion"] for row in base_rows]  # and the adapter changes what the base writes
+    kl = scalars(out)["train/objective/kl"]
+    assert kl[0] < 1e-3 and kl[-1] > 100 * kl[0], kl  # from the adapter itself, not the base; then it drifts
+
+
+def test_a_continued_adapter_keeps_its_shape_moves_and_loads_on_its_base(continued_run, sft_adapter):
+    from peft import PeftModel
+
+    out, stdout = continued_run
+    start, final = lora_weights(sft_adapter), lora_weights(out / "final")
+    assert start.keys() == final.keys()  # r=8 on the attention layers, as SFT left it; no second adapter stacked
+    assert any(not torch.equal(start[key], final[key].to(start[key].dtype)) for key in start)
+    config = json.loads((out / "final" / "adapter_config.json").read_text())
+    assert (config["r"], config["base_model_name_or_path"]) == (8, str(smoke.SMOKE_DIR / "model"))
+    base = AutoModelForCausalLM.from_pretrained(smoke.SMOKE_DIR / "model", dtype=torch.float32)
+    loaded = PeftModel.from_pretrained(base, out / "final")
+    key = next(key for key in final if "lora_B" in key)
+    loaded_value = loaded.get_parameter(key.replace(".weight", ".default.weight"))
+    assert torch.equal(loaded_value.to(final[key].dtype), final[key])
+    saved = yaml.safe_load((out / "settings.yaml").read_text())
+    assert saved["script"]["adapter"] == str(sft_adapter) and saved["model"]["lora_r"] == 8
+    assert "  --adapter: lora_alpha=16, " in stdout  # config.yaml's LoRA settings gave way to the adapter's
+
+
+def test_resuming_a_continued_run_keeps_the_starting_adapter_as_its_reference(continued_run, tmp_path):
+    run = Path(shutil.copytree(continued_run[0], tmp_path / "run"))
+    shutil.rmtree(run / "checkpoint-4")  # continue from step 2: steps 3 and 4 again, against the same reference
+    resumed = run_script("--resume", "--output_dir", run)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    state = json.loads((run / "checkpoint-4" / "trainer_state.json").read_text())
+    kl = {entry["step"]: entry["objective/kl"] for entry in state["log_history"] if "objective/kl" in entry}
+    before = json.loads((continued_run[0] / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
+    first_run = {entry["step"]: entry["objective/kl"] for entry in before if "objective/kl" in entry}
+    assert sorted(kl) == [1, 2, 3, 4] and kl[3] > 10 * first_run[1], (kl, first_run)  # not restarted at 0 KL
+
+
+def test_merging_a_continued_run_without_smoke_uses_the_base_the_adapter_records(continued_run):
+    from peft import PeftModel
+
+    out = continued_run[0]
+    merged = run_script("--merge", "--adapter", out / "final")
+    assert merged.returncode == 0, merged.stderr[-3000:]
+    base = smoke.SMOKE_DIR / "model"
+    said = f"--adapter {out / 'final'}: on its base model {base}, as its adapter_config.json records"
+    assert merged.stdout.startswith(said)
+    ids = torch.arange(2, 42).view(2, 20)
+    base_model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    attached = PeftModel.from_pretrained(base_model, out / "final")
+    merged_model = AutoModelForCausalLM.from_pretrained(out / "final-merged")
+    with torch.inference_mode():
+        assert torch.allclose(merged_model(input_ids=ids).logits, attached(input_ids=ids).logits, rtol=0, atol=1e-4)
+
+
+def test_two_processes_continue_an_adapter(tmp_path, sft_adapter):
+    out = tmp_path / "run"
+    result = run_script(
+        "--smoke", "--adapter", sft_adapter, "--max_steps", 2, "--eval_before_and_after", "false",
+        "--output_dir", out, launcher=(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("settings (grpotrainer.py") == 1
+    assert lora_weights(out / "final").keys() == lora_weights(sft_adapter).keys()
 
 
 # --------------------------------------------------------------------------------------------------------------------

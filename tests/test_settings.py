@@ -158,7 +158,7 @@ def test_resume_needs_the_runs_settings(capsys, tmp_path):
         (["--top_p", "1.5"], "top_p must be at most 1, not 1.5"),
         (["--config", str(REPO / "configs")], f"config file {REPO / 'configs'} is a folder: name a YAML file"),
         (["--use_vllm", "true"], "4-bit loading with vLLM generation is broken upstream: set load_in_4bit: false"),
-        (["--adapter", "x"], "--adapter is for --eval_only"),
+        (["--adapter", "x"], "adapter folder x does not exist or holds no adapter_config.json"),
         (["--reward_weights", "0.5", "0.5"], "reward_weights needs 4 numbers, one per reward in order: format_reward"),
         (["--config", "/no/such.yaml"], "config file /no/such.yaml does not exist"),
         (["--model_name", "./no-such-model"], "model path ./no-such-model does not exist"),
