@@ -647,7 +647,8 @@ def claim_output_dir(requested: str, resume: bool) -> str:
 
 def source_line(source: str, values: list[str]) -> str:
     return textwrap.fill(
-        ", ".join(values), 120, initial_indent=f"  {source}: ", subsequent_indent="      ", break_long_words=False
+        ", ".join(values), 120, initial_indent=f"  {source}: ", subsequent_indent="      ", break_long_words=False,
+        break_on_hyphens=False,  # a path like /tmp/wt-x/run stays whole
     )
 
 
