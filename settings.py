@@ -56,6 +56,17 @@ class ScriptOptions:
     drop_unparsable_answers: bool = dataclasses.field(
         default=False, metadata={"help": "Drop (and count) rows whose gold answer has no number, instead of failing."}
     )
+    eval_samples_per_question: int = dataclasses.field(
+        default=1, metadata={"help": "Completions sampled per test question (k): over 1, also pass@k and maj@k."}
+    )
+    eval_temperature: float | None = dataclasses.field(
+        default=None,
+        metadata={"help": "Evaluation's sampling temperature; 0 is greedy. Unset: greedy for k = 1 without thinking, "
+                          "else Qwen3's model card (0.6 thinking, 0.7 not)."},
+    )  # fmt: skip
+    eval_top_p: float | None = dataclasses.field(
+        default=None, metadata={"help": "Evaluation's top-p when it samples. Unset: Qwen3's model card (0.95 thinking, 0.8 not)."}  # fmt: skip
+    )
 
 
 COMMAND_LINE_ONLY = {"config", "smoke", "eval_only", "adapter", "resume", "merge"}
@@ -201,10 +212,12 @@ def check_keys(keys, valid: set[str], where: str, forbidden: set[str] = frozense
 AT_LEAST_1 = (
     "per_device_train_batch_size", "gradient_accumulation_steps", "per_device_eval_batch_size",
     "max_completion_length", "num_generations_eval", "num_iterations", "steps_per_generation", "generation_batch_size",
-    "save_total_limit", "lora_r", "lora_alpha",
+    "save_total_limit", "lora_r", "lora_alpha", "eval_samples_per_question",
 )  # fmt: skip
-ABOVE_0 = ("learning_rate", "logging_steps", "eval_steps", "save_steps", "num_train_epochs", "top_p")
-AT_LEAST_0 = ("warmup_steps", "weight_decay", "max_grad_norm", "completion_samples_every", "lora_dropout")
+ABOVE_0 = ("learning_rate", "logging_steps", "eval_steps", "save_steps", "num_train_epochs", "top_p", "eval_top_p")
+AT_LEAST_0 = (
+    "warmup_steps", "weight_decay", "max_grad_norm", "completion_samples_every", "lora_dropout", "eval_temperature"
+)  # fmt: skip
 
 
 def check_numbers(values: dict) -> None:
@@ -218,8 +231,9 @@ def check_numbers(values: dict) -> None:
         for key in keys:
             if values[key] is not None and not ok(values[key]):
                 raise InputError(f"{key} must be {rule}, not {values[key]}")
-    if values["top_p"] > 1:
-        raise InputError(f"top_p must be at most 1, not {values['top_p']}")
+    for key in ("top_p", "eval_top_p"):
+        if values[key] is not None and values[key] > 1:
+            raise InputError(f"{key} must be at most 1, not {values[key]}")
     if values["lora_dropout"] >= 1:
         raise InputError(f"lora_dropout must be below 1, not {values['lora_dropout']}")
 
@@ -247,6 +261,8 @@ def check_values(values: dict) -> None:
         raise InputError("num_generations must be at least 2: GRPO compares each completion with its group")
     if values["temperature"] <= 0:
         raise InputError("temperature must be above 0: training samples its completions")
+    if values["eval_temperature"] == 0 and values["eval_samples_per_question"] > 1:
+        raise InputError("eval_temperature 0 is greedy, which gives one answer per question: set eval_samples_per_question 1 or a temperature above 0")  # fmt: skip
     if values["kl_coef"] < 0:
         raise InputError("kl_coef must be 0 (no KL term) or positive")
     if values["eval_samples"] is not None and values["eval_samples"] < 1:
@@ -354,18 +370,28 @@ def new_run_layers(modes, cli_keys, parser, valid, constants: dict, script_dir: 
         layers.append(smoke.preset())
         sources |= {key: "--smoke" for key in layers[-1]}
     if modes.eval_only and "eval_samples" not in cli_keys:
-        layers.append({"eval_samples": None})  # --eval_only scores the whole test split unless told otherwise
+        # --eval_only scores the whole test split unless told otherwise; a run's checkpoints, the run's own questions
+        compared = compared_run(modes.adapter)
+        layers.append({"eval_samples": compared["script"]["eval_samples"] if compared else None})
         sources["eval_samples"] = "--eval_only"
     return layers, sources
 
 
 def eval_output_dir(output_dir: str, model_name: str, adapter: str | None) -> str:
     """--eval_only's results beside what they measure, never mistaken for a training run: an adapter of a run in that
-    run's folder (RUN/eval-final), anything else in eval-<model>[-<adapter>] beside the training runs."""
+    run's folder (RUN/eval-final), a run's checkpoints compared in RUN/eval-checkpoints, anything else in
+    eval-<model>[-<adapter>] beside the training runs."""
+    if compared_run(adapter):
+        return str(Path(adapter) / "eval-checkpoints")
     if adapter and (Path(adapter).parent / "settings.yaml").is_file():
         return str(Path(adapter).parent / f"eval-{Path(adapter).name}")
     name = "-".join(Path(part.rstrip("/")).name for part in [model_name, adapter] if part)
     return str(Path(output_dir).parent / f"eval-{name}")
+
+
+def compared_run(adapter: str | None) -> dict | None:
+    """The saved settings of the run whose checkpoints `--eval_only --adapter RUN` compares, when RUN is a run folder."""
+    return read_saved_settings(Path(adapter)) if adapter and (Path(adapter) / "settings.yaml").is_file() else None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
