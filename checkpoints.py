@@ -71,8 +71,12 @@ def compare_run(run_dir: Path, model, inputs, run, decoding: evaluation.Decoding
             evaluation.write_eval_files(out / f"step-{step}", rows, summary)
             print(f"step {step}: {evaluation.describe_accuracy(summary)}")
     if main:
-        print(f"reused from disk: steps {steps_list(found)}; evaluated now: steps {steps_list(results.keys() - found.keys())}")
-        report_table(out, checkpoint_table(results, adapters, run_dir, decoding))
+        table = checkpoint_table(results, adapters, run_dir, decoding)
+        if not decoding.greedy:  # the headline figure beside the sampled ones, where it was measured
+            add_greedy(table, evaluations_on_disk(run_dir, questions, wanted | {"decoding": evaluation.Decoding()._asdict()}))  # fmt: skip
+        generated = results.keys() - found.keys()
+        print(f"reused from disk: steps {steps_list(found)}; evaluated now: steps {steps_list(generated)}")
+        report_table(out, table)
 
 
 def steps_list(steps) -> str:
@@ -108,6 +112,13 @@ def checkpoint_table(results: dict, adapters: dict, run_dir: Path, decoding: eva
     for line in lines:
         line["best"] = line is best
     return {"run": str(run_dir), "questions": len(base), "decoding": decoding._asdict(), "steps": lines}
+
+
+def add_greedy(table: dict, greedy: dict[int, Path]) -> None:
+    for line in table["steps"]:
+        if line["step"] in greedy:
+            summary = evaluation.summarise(evaluation.read_rows(greedy[line["step"]]))
+            line |= {"greedy": summary["accuracy"], "greedy_ci95": summary["accuracy_ci95"]}
 
 
 def interval_cell(line: dict, name: str, signed: bool = False) -> str:
@@ -162,15 +173,19 @@ def plot_table(table: dict, path: Path) -> None:
 
     k = table["decoding"]["samples"]
     figure, axes = pyplot.subplots(figsize=(7, 4), dpi=120)
-    steps = [line["step"] for line in table["steps"]]
-    for name in [name for name in ("accuracy", "pass@k", "maj@k") if name in table["steps"][0]]:
-        values = [line[name] * 100 for line in table["steps"]]
-        errors = [[(line[name] - line[f"{name}_ci95"][0]) * 100 for line in table["steps"]],
-                  [(line[f"{name}_ci95"][1] - line[name]) * 100 for line in table["steps"]]]  # fmt: skip
-        label = evaluation.accuracy_name({"decoding": table["decoding"]}) if name == "accuracy" else name.replace("k", str(k))  # fmt: skip
-        axes.errorbar(steps, values, yerr=errors, marker="o", capsize=4, label=label)
+    labels = {"greedy": "greedy pass@1", "accuracy": evaluation.accuracy_name({"decoding": table["decoding"]}),
+              "pass@k": f"pass@{k}", "maj@k": f"maj@{k}"}  # fmt: skip
+    shown = [name for name in labels if any(name in line for line in table["steps"])]
+    shift = max(line["step"] for line in table["steps"]) / 100 or 0.1  # side by side, so equal values stay visible
+    for i, name in enumerate(shown):
+        lines = [line for line in table["steps"] if name in line]
+        values = [line[name] * 100 for line in lines]
+        errors = [[value - line[f"{name}_ci95"][0] * 100 for value, line in zip(values, lines, strict=True)],
+                  [line[f"{name}_ci95"][1] * 100 - value for value, line in zip(values, lines, strict=True)]]  # fmt: skip
+        steps = [line["step"] + (i - (len(shown) - 1) / 2) * shift for line in lines]
+        axes.errorbar(steps, values, yerr=errors, marker="o", capsize=4, label=labels[name])
     best = next(line for line in table["steps"] if line["best"])
-    axes.annotate("best", (best["step"], best["accuracy"] * 100), textcoords="offset points", xytext=(0, 10), ha="center")
+    axes.annotate("best", (best["step"], best["accuracy"] * 100), xytext=(0, 10), textcoords="offset points", ha="center")  # fmt: skip
     axes.set(xlabel="training step", ylabel="GSM8K accuracy, % (95% CI)", title=f"{table['run']}: {table['questions']} test questions")  # fmt: skip
     axes.set_ylim(bottom=0)
     axes.grid(alpha=0.3)

@@ -36,7 +36,9 @@ class Decoding(NamedTuple):
         return self.temperature is None
 
 
-def choose_decoding(samples: int, temperature: float | None, top_p: float | None, thinking: bool, seed: int) -> Decoding:
+def choose_decoding(
+    samples: int, temperature: float | None, top_p: float | None, thinking: bool, seed: int
+) -> Decoding:
     """Greedy unless sampling is asked for (k > 1, or a temperature above 0) or thinking is on; what is not given
     follows Qwen3's model card for the mode. Temperature 0 is greedy even in thinking mode."""
     if temperature == 0 or (temperature is None and samples == 1 and not thinking):
@@ -218,7 +220,9 @@ def accuracy_name(summary: dict) -> str:
     if decoding.greedy:
         return "greedy pass@1"
     sampled = f"at temperature {decoding.temperature:g}, top-p {decoding.top_p:g}"
-    return f"mean pass@1 of {decoding.samples} samples {sampled}" if decoding.samples > 1 else f"sampled pass@1 {sampled}"
+    if decoding.samples > 1:
+        return f"mean pass@1 of {decoding.samples} samples {sampled}"
+    return f"sampled pass@1 {sampled}"
 
 
 def describe_accuracy(summary: dict) -> str:

@@ -3,7 +3,7 @@
     python grpotrainer.py                              # train with the settings below and config.yaml
     python grpotrainer.py --smoke                      # the whole pipeline offline on a tiny model, ~1 min on a CPU
     python grpotrainer.py --eval_only --adapter DIR    # greedy GSM8K test accuracy of MODEL_NAME (+ an adapter)
-    python grpotrainer.py --eval_only --adapter RUN    # every checkpoint of a run in one table (RUN/eval-checkpoints.md)
+    python grpotrainer.py --eval_only --adapter RUN    # every checkpoint of a run in one table: RUN/eval-checkpoints.md
     python grpotrainer.py --merge --adapter RUN/final  # a plain 16-bit model with the adapter in RUN/final-merged
     tensorboard --logdir outputs
 
@@ -324,10 +324,11 @@ def evaluate_only(run: RunSettings, inputs: Inputs) -> int:
     model = inputs.model  # 4-bit weights load onto the GPU; the Trainer places a 16-bit model, and here nothing else
     if torch.cuda.is_available() and model.device.type == "cpu":
         model = model.to(PartialState().device)
+    decoding = eval_decoding(run)
     if settings.compared_run(run.script.adapter):
-        checkpoints.compare_run(Path(run.script.adapter), model, inputs, run, eval_decoding(run), eval_settings(run))
+        checkpoints.compare_run(Path(run.script.adapter), model, inputs, run, decoding, eval_settings(run))
         return 0
-    rows, summary = evaluation.evaluate_gsm8k(model, inputs.tokenizer, inputs.eval_set, run.training, eval_decoding(run))
+    rows, summary = evaluation.evaluate_gsm8k(model, inputs.tokenizer, inputs.eval_set, run.training, decoding)
     adapter = run.script.adapter
     step = evaluation.adapter_step(Path(adapter)) if adapter else 0
     summary |= {"model": run.script.model_name, "adapter": adapter, "step": step, "settings": eval_settings(run)}

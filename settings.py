@@ -390,7 +390,7 @@ def eval_output_dir(output_dir: str, model_name: str, adapter: str | None) -> st
 
 
 def compared_run(adapter: str | None) -> dict | None:
-    """The saved settings of the run whose checkpoints `--eval_only --adapter RUN` compares, when RUN is a run folder."""
+    """The saved settings of the run whose checkpoints `--eval_only --adapter RUN` compares (RUN is a run folder)."""
     return read_saved_settings(Path(adapter)) if adapter and (Path(adapter) / "settings.yaml").is_file() else None
 
 

@@ -100,7 +100,8 @@ def test_without_matplotlib_the_table_is_written_and_one_line_says_how_to_get_th
 def test_a_run_of_another_model_is_one_line_and_exit_2(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    saved = {"script": {"model_name": "Qwen/Qwen3-0.6B", "eval_samples": 16}, "training": {}, "model": {}, "sources": {}}
+    script = {"model_name": "Qwen/Qwen3-0.6B", "eval_samples": 16}
+    saved = {"script": script, "training": {}, "model": {}, "sources": {}}
     (run / "settings.yaml").write_text(yaml.safe_dump(saved))
     line = error_line(capsys, ["--smoke", "--eval_only", "--adapter", run])
     assert f"{run} trained adapters of Qwen/Qwen3-0.6B, not " in line and "add --model_name Qwen/Qwen3-0.6B" in line
