@@ -486,7 +486,8 @@ def layer_rank(source: str) -> float:
 
 def source_line(source: str, values: list[str]) -> str:
     return textwrap.fill(
-        ", ".join(values), 120, initial_indent=f"  {source}: ", subsequent_indent="      ", break_long_words=False
+        ", ".join(values), 120, initial_indent=f"  {source}: ", subsequent_indent="      ", break_long_words=False,
+        break_on_hyphens=False,  # a path such as /tmp/pytest-of-root/... stays on one line, as it can be copied
     )
 
 
