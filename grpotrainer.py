@@ -52,6 +52,7 @@ import merge
 import rewards
 import settings
 import smoke
+from atomic import replace_folder
 from settings import InputError, RunSettings
 
 PROMPT = (
@@ -157,6 +158,8 @@ class GSM8KGRPOTrainer(GRPOTrainer):
     def save_best(self) -> None:
         best = Path(self.args.output_dir) / "best"
         staging = best.with_name(".best.saving")
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)  # what a crash mid-save left
         self.save_model(str(staging))
         if self.args.should_save:
             self.state.save_to_json(str(staging / "trainer_state.json"))  # its step, as in every checkpoint
@@ -191,16 +194,6 @@ class SaveOnInterrupt(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-def replace_folder(new: Path, old: Path) -> None:
-    """`new` takes `old`'s place by renames: a crash leaves one of the two whole, never a folder of mixed files."""
-    retired = old.with_name(f".{old.name}.old")
-    shutil.rmtree(retired, ignore_errors=True)
-    if old.exists():
-        old.rename(retired)
-    new.rename(old)
-    shutil.rmtree(retired, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
