@@ -4,6 +4,7 @@
     python grpotrainer.py --smoke                      # the whole pipeline offline on a tiny model, ~1 min on a CPU
     python grpotrainer.py --eval_only --adapter DIR    # greedy GSM8K test accuracy of MODEL_NAME (+ an adapter)
     python grpotrainer.py --adapter DIR                # continue training a LoRA adapter (from SFT, DPO or a run)
+    python grpotrainer.py --eval_only --adapter RUN    # every checkpoint of a run in one table: RUN/eval-checkpoints.md
     python grpotrainer.py --merge --adapter RUN/final  # a plain 16-bit model with the adapter in RUN/final-merged
     tensorboard --logdir outputs
 
@@ -30,6 +31,7 @@ CONFIG_FILE = "config.yaml"  # read from beside this script unless --config name
 CONSTANTS = {name.lower(): value for name, value in dict(globals()).items() if name.isupper() and name != "CONFIG_FILE"}
 
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -45,6 +47,7 @@ from trl import GRPOTrainer, get_peft_config
 from trl.models import unwrap_model_for_generation
 
 import adapters
+import checkpoints
 import console
 import doctor
 import evaluation
@@ -52,6 +55,7 @@ import loading
 import merge
 import rewards
 import smoke
+from atomic import replace_folder
 from settings import InputError, RunSettings
 
 PROMPT = (
@@ -71,16 +75,20 @@ def read_settings(argv: list[str]) -> RunSettings:
 
 class GSM8KGRPOTrainer(GRPOTrainer):
     """Adds rewards/mean|best|worst and objective/kl|entropy to TRL's metrics, samples of completions to
-    TensorBoard's text tab, and replaces TRL's sampled evaluation by greedy GSM8K accuracy (eval/accuracy).
+    TensorBoard's text tab, replaces TRL's sampled evaluation by GSM8K accuracy (eval/accuracy; greedy unless told to
+    sample), and keeps the adapter of the best evaluation in best/.
 
     Written against TRL 1.16.0, it relies on GRPOTrainer's private `_calculate_rewards`, `eos_token_ids`, `_metrics`,
-    `_logs` and `_log_completion_extra`: check them when upgrading TRL."""
+    `_logs` and `_log_completion_extra`, and on transformers' `Trainer._determine_best_metric`: check them when
+    upgrading TRL or transformers."""
 
-    def __init__(self, *args, completion_samples_every: int, **kwargs):
+    def __init__(self, *args, completion_samples_every: int, decoding: evaluation.Decoding, eval_settings: dict, **kwargs):  # fmt: skip
         super().__init__(*args, **kwargs)
         self.remove_callback(PrinterCallback if self.args.disable_tqdm else ProgressCallback)
         self.add_callback(console.StepLines)
         self.completion_samples_every = completion_samples_every
+        self.decoding = decoding
+        self.eval_settings = eval_settings  # what an evaluation's answers depend on, so that a later one can reuse it
         self.evaluations = {}  # global step -> metrics, so the final evaluation does not repeat the last scheduled one
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -117,25 +125,50 @@ class GSM8KGRPOTrainer(GRPOTrainer):
             writer.add_text("train/completions", console.completion_samples(self._logs), self.state.global_step)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
-        """Greedy accuracy on the fixed test slice; TRL's own evaluation would sample at training temperature."""
+        """Accuracy on the fixed test slice, greedy unless told to sample; TRL's own evaluation would sample at
+        training temperature."""
         step = self.state.global_step
         if step in self.evaluations:
             return self.evaluations[step]
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as model:
             examples = eval_dataset if eval_dataset is not None else self.eval_dataset
-            rows, summary = evaluation.evaluate_gsm8k(model, self.processing_class, examples, self.args)
+            rows, summary = evaluation.evaluate_gsm8k(model, self.processing_class, examples, self.args, self.decoding)
+        summary |= {"step": step, "settings": self.eval_settings}
         if self.accelerator.is_main_process:
-            evaluation.write_eval_files(Path(self.args.output_dir) / "eval" / f"step-{step}", rows, summary)
+            evaluation.write_eval_files(evaluation.step_folder(Path(self.args.output_dir), step), rows, summary)
             print(f"\nstep {step}: {evaluation.describe_accuracy(summary)}")
-        metrics = {
-            f"{metric_key_prefix}_{name}": summary[name] for name in ("accuracy", "format_rate", "truncated_rate")
-        }
+        metrics = {f"{metric_key_prefix}_{name}": summary[name] for name in evaluation.logged_figures(summary)}
         self.model.eval()  # so that GRPOTrainer.log files these under eval/, not train/
         self.log(metrics)
         self.model.train()
+        # True while the Trainer runs an eval_steps evaluation, which it judges itself once this returns
+        # (transformers trainer.py:2269-2271); on_evaluate clears it (trainer_callback.py:523)
+        scheduled = self.control.should_evaluate
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         self.evaluations[step] = metrics
+        if not scheduled:  # the one before training (eval_on_start) and the one after it
+            self._determine_best_metric(metrics, trial=None)
         return metrics
+
+    def _determine_best_metric(self, metrics: dict, trial) -> bool:
+        """The Trainer's judgement under metric_for_best_model and greater_is_better (strictly better, so a tie keeps
+        the earlier step; transformers trainer.py:3424-3460). It runs between an evaluation and that step's checkpoint
+        with no callback in between, so a new best's adapter is saved here, to best/, which rotation never deletes."""
+        is_new_best = super()._determine_best_metric(metrics, trial)
+        if is_new_best:
+            self.save_best()
+        return is_new_best
+
+    def save_best(self) -> None:
+        best = Path(self.args.output_dir) / "best"
+        staging = best.with_name(".best.saving")
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)  # what a crash mid-save left
+        self.save_model(str(staging))
+        if self.args.should_save:
+            self.state.save_to_json(str(staging / "trainer_state.json"))  # its step, as in every checkpoint
+            replace_folder(staging, best)
+        self.accelerator.wait_for_everyone()
 
 
 class SaveOnInterrupt(TrainerCallback):
@@ -187,6 +220,9 @@ def load_inputs(run: RunSettings) -> Inputs:
         checkpoint, skipped = loading.resume_checkpoint(training.output_dir)
         for line in skipped if PartialState().is_main_process else ():
             print(line)
+    compared = settings.compared_run(script.adapter) if script.eval_only else None
+    if compared:
+        checkpoints.check_run(compared, Path(script.adapter), script.model_name)
     loading.work_offline_unless_the_hub_answers([script.model_name, script.dataset_name])
     tokenizer = loading.load_tokenizer(run.model, training)
     loading.check_lora_targets(run.model, training)
@@ -201,7 +237,7 @@ def load_inputs(run: RunSettings) -> Inputs:
             train = loading.load_split(script.dataset_name, script.dataset_config, "train", *data_options)
             train_set = loading.to_chat_prompts(train, PROMPT)
     model = loading.load_model(run.model, training)
-    if script.adapter:
+    if script.adapter and not compared:  # a run's checkpoints are attached one at a time
         model = (
             adapters.attach(model, script.adapter)
             if script.eval_only
@@ -224,7 +260,29 @@ def build_trainer(run: RunSettings, inputs: Inputs, callbacks=()) -> GSM8KGRPOTr
         peft_config=None if run.script.adapter else get_peft_config(run.model),
         callbacks=[adapters.RequireTrainableParameters(), *callbacks],
         completion_samples_every=run.script.completion_samples_every,
+        decoding=eval_decoding(run),
+        eval_settings=eval_settings(run),
     )
+
+
+def eval_decoding(run: RunSettings) -> evaluation.Decoding:
+    script = run.script
+    return evaluation.choose_decoding(
+        script.eval_samples_per_question, script.eval_temperature, script.eval_top_p, script.enable_thinking,
+        run.training.seed,
+    )  # fmt: skip
+
+
+def eval_settings(run: RunSettings) -> dict:
+    """Besides the questions and the decoding, what an evaluation's answers depend on: an evaluation on disk with the
+    same ones is not generated again (checkpoints.py)."""
+    return {
+        "model_name": run.script.model_name,
+        "load_in_4bit": run.model.load_in_4bit,
+        "dtype": run.model.dtype,
+        "max_completion_length": run.training.max_completion_length,
+        "chat_template_kwargs": run.training.chat_template_kwargs,
+    }
 
 
 def train(run: RunSettings, inputs: Inputs) -> int:
@@ -254,6 +312,7 @@ def train(run: RunSettings, inputs: Inputs) -> int:
     final = Path(output_dir) / "final"
     trainer.save_model(str(final))
     if main_process:
+        trainer.state.save_to_json(str(final / "trainer_state.json"))  # its step, as in every checkpoint
         print(f"final LoRA adapter and tokenizer: {final}")
     if run.script.eval_before_and_after:
         trainer.evaluate()
@@ -266,8 +325,14 @@ def evaluate_only(run: RunSettings, inputs: Inputs) -> int:
     model = inputs.model  # 4-bit weights load onto the GPU; the Trainer places a 16-bit model, and here nothing else
     if torch.cuda.is_available() and model.device.type == "cpu":
         model = model.to(PartialState().device)
-    rows, summary = evaluation.evaluate_gsm8k(model, inputs.tokenizer, inputs.eval_set, run.training)
-    summary |= {"model": run.script.model_name, "adapter": run.script.adapter}
+    decoding = eval_decoding(run)
+    if settings.compared_run(run.script.adapter):
+        checkpoints.compare_run(Path(run.script.adapter), model, inputs, run, decoding, eval_settings(run))
+        return 0
+    rows, summary = evaluation.evaluate_gsm8k(model, inputs.tokenizer, inputs.eval_set, run.training, decoding)
+    adapter = run.script.adapter
+    step = evaluation.adapter_step(Path(adapter)) if adapter else 0
+    summary |= {"model": run.script.model_name, "adapter": adapter, "step": step, "settings": eval_settings(run)}
     if PartialState().is_main_process:
         output_dir = run.training.output_dir
         evaluation.write_eval_files(Path(output_dir), rows, summary)
@@ -280,8 +345,8 @@ def main(argv: list[str]) -> int:
         run = read_settings(argv)
         if run.script.smoke:
             smoke.build_assets()
-        if run.script.adapter:
-            adapters.check(run)
+        if run.script.adapter and not (run.script.eval_only and settings.compared_run(run.script.adapter)):
+            adapters.check(run)  # a run folder's checkpoints are checked by checkpoints.check_run
         if run.script.merge:
             return merge.merge_run(run)
         settings.check_output_dir(run.training.output_dir)

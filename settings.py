@@ -123,6 +123,17 @@ class ScriptOptions:
     drop_unparsable_answers: bool = dataclasses.field(
         default=False, metadata={"help": "Drop (and count) rows whose gold answer has no number, instead of failing."}
     )
+    eval_samples_per_question: Annotated[int, Rule(at_least=1)] = dataclasses.field(
+        default=1, metadata={"help": "Completions sampled per test question (k): over 1, also pass@k and maj@k."}
+    )
+    eval_temperature: Annotated[float | None, Rule(at_least=0)] = dataclasses.field(
+        default=None,
+        metadata={"help": "Evaluation's sampling temperature; 0 is greedy. Unset: greedy for k = 1 without thinking, "
+                          "else Qwen3's model card (0.6 thinking, 0.7 not)."},
+    )  # fmt: skip
+    eval_top_p: Annotated[float | None, Rule(above=0, at_most=1)] = dataclasses.field(
+        default=None, metadata={"help": "Evaluation's top-p when it samples. Unset: Qwen3's model card (0.95 thinking, 0.8 not)."}  # fmt: skip
+    )
 
 
 # The rules of the constants at the top of grpotrainer.py and of the library's fields, one line each. Unset counts and
@@ -389,6 +400,8 @@ def check_dataset_split(values: dict) -> None:
 def check_values(values: dict) -> None:
     """The mistakes TRL accepts silently or reports obscurely, checked before anything is loaded."""
     check_rules(values)
+    if values["eval_temperature"] == 0 and values["eval_samples_per_question"] > 1:
+        raise InputError("eval_temperature 0 is greedy, which gives one answer per question: set eval_samples_per_question 1 or a temperature above 0")  # fmt: skip
     weights = values["reward_weights"]
     if weights is not None and len(weights) != len(rewards.REWARDS):
         names = ", ".join(function.__name__ for function, _ in rewards.REWARDS)
@@ -551,18 +564,27 @@ def new_run_layers(given: dict, on_command_line: set, kinds, constants: dict, sc
     ]
     if given["smoke"]:
         layers.append((Layer.SMOKE, smoke.preset()))
-    if given["eval_only"]:
-        layers.append((Layer.EVAL_ONLY, {"eval_samples": None}))  # the whole test split unless told otherwise
+    if given["eval_only"]:  # the whole test split unless told otherwise; a run's checkpoints, the run's own questions
+        compared = compared_run(given["adapter"])
+        layers.append((Layer.EVAL_ONLY, {"eval_samples": compared["script"]["eval_samples"] if compared else None}))
     return layers, {key: Source(Layer.CONFIG_FILE, config_path.name) for key in file_values}
 
 
 def eval_output_dir(output_dir: str, model_name: str, adapter: str | None) -> str:
     """--eval_only's results beside what they measure, never mistaken for a training run: an adapter of a run in that
-    run's folder (RUN/eval-final), anything else in eval-<model>[-<adapter>] beside the training runs."""
+    run's folder (RUN/eval-final), a run's checkpoints compared in RUN/eval-checkpoints, anything else in
+    eval-<model>[-<adapter>] beside the training runs."""
+    if compared_run(adapter):
+        return str(Path(adapter) / "eval-checkpoints")
     if adapter and (Path(adapter).parent / "settings.yaml").is_file():
         return str(Path(adapter).parent / f"eval-{Path(adapter).name}")
     name = "-".join(Path(part.rstrip("/")).name for part in [model_name, adapter] if part)
     return str(Path(output_dir).parent / f"eval-{name}")
+
+
+def compared_run(adapter: str | None) -> dict | None:
+    """The saved settings of the run whose checkpoints `--eval_only --adapter RUN` compares (RUN is a run folder)."""
+    return read_saved_settings(Path(adapter)) if adapter and (Path(adapter) / "settings.yaml").is_file() else None
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -62,3 +62,12 @@ def sft_adapter(tmp_path_factory) -> Path:
                             cwd=REPO, env=ENV, capture_output=True, text=True, timeout=1800)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="session")
+def three_checkpoint_run(tmp_path_factory):
+    """A `--smoke` run of 3 steps with a checkpoint at each and evaluations at steps 0, 2 and 3 (the end)."""
+    out = tmp_path_factory.mktemp("three") / "run"
+    result = run_script("--smoke", "--max_steps", 3, "--save_steps", 1, "--eval_steps", 2, "--output_dir", out)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out

@@ -16,6 +16,7 @@ import yaml
 from conftest import ENV, REPO, error_line, run_script, scalars, tensorboard_log
 from transformers import AutoModelForCausalLM
 
+import evaluation
 import rewards
 import smoke
 
@@ -141,6 +142,53 @@ def test_resume_after_a_kill_while_saving_skips_the_incomplete_checkpoint(tmp_pa
     assert f"--resume: skipping {out / 'checkpoint-2'}, which has no trainer_state.json: its save was cut short" in resumed.stdout
     state = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())
     assert state["global_step"] == 3 and [entry["step"] for entry in state["log_history"] if "loss" in entry] == [2]
+
+
+PREPARED_EVALUATIONS = """
+import os, sys
+from pathlib import Path
+from peft import get_peft_model_state_dict
+from safetensors.torch import save_file
+import evaluation, grpotrainer
+
+CORRECT = [2, 8, 8, 4]  # of 16 questions, at steps 0, 2, 4, 6: the best is step 2 (step 4 ties it later)
+real = evaluation.evaluate_gsm8k
+calls = []
+
+def prepared(model, tokenizer, examples, args, decoding):  # the real generation, then prepared scores
+    rows, summary = real(model, tokenizer, examples, args, decoding)
+    weights = {name: value.contiguous() for name, value in get_peft_model_state_dict(model).items()}
+    save_file(weights, Path(os.environ["WEIGHTS"]) / f"evaluation-{len(calls)}.safetensors")
+    for i, row in enumerate(rows):
+        row["correct"] = i < CORRECT[len(calls)]
+    calls.append(len(calls))
+    return rows, summary | evaluation.summarise(rows)
+
+evaluation.evaluate_gsm8k = prepared
+sys.exit(grpotrainer.main(sys.argv[2:]))  # argv: -c, grpotrainer.py, flags
+"""
+
+
+def test_best_keeps_the_best_evaluations_adapter_after_rotation_deleted_its_checkpoint(tmp_path):
+    from safetensors.torch import load_file
+
+    out, weights = tmp_path / "run", tmp_path / "weights"
+    weights.mkdir()
+    result = run_script("--smoke", "--max_steps", 6, "--eval_steps", 2, "--save_steps", 3, "--save_total_limit", 1,
+                        "--output_dir", out, launcher=(sys.executable, "-c", PREPARED_EVALUATIONS),
+                        env=ENV | {"WEIGHTS": str(weights)})  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-6"]  # rotation took checkpoint-3
+    at_step = {step: load_file(weights / f"evaluation-{i}.safetensors") for i, step in enumerate([0, 2, 4, 6])}
+    best = load_file(out / "best" / "adapter_model.safetensors")
+    assert best.keys() == at_step[2].keys() and all((best[k] == at_step[2][k]).all() for k in best)
+    assert any((best[k] != at_step[4][k]).any() for k in best)  # training moved on: step 4's adapter differs
+    assert json.loads((out / "best" / "trainer_state.json").read_text())["global_step"] == 2
+    low, high = evaluation.wilson_interval(8, 16)
+    line = f"best adapter: {out / 'best'} (step 2), accuracy 50.0% [95% CI {low:.1%}-{high:.1%}]; against final/ (step 6): +25.0% [95% CI"  # fmt: skip
+    assert line in result.stdout
+    summary = json.loads((out / "eval_before_after.json").read_text())["best"]
+    assert summary["adapter"] == str(out / "best") and summary["step"] == 2 and summary["difference_vs_final"] == 0.25
 
 
 def test_two_processes_train_with_one_writer(tmp_path):

@@ -156,6 +156,11 @@ def test_resume_needs_the_runs_settings(capsys, tmp_path):
         (["--completion_samples_every", "-1"], "completion_samples_every must be 0 or more, not -1"),
         (["--lora_dropout", "1"], "lora_dropout must be below 1, not 1.0"),
         (["--top_p", "1.5"], "top_p must be at most 1, not 1.5"),
+        (["--eval_top_p", "1.5"], "eval_top_p must be at most 1, not 1.5"),
+        (["--eval_top_p", "0"], "eval_top_p must be above 0, not 0.0"),
+        (["--eval_temperature", "-1"], "eval_temperature must be 0 or more, not -1.0"),
+        (["--eval_samples_per_question", "0"], "eval_samples_per_question must be at least 1, not 0"),
+        (["--eval_temperature", "0", "--eval_samples_per_question", "4"], "eval_temperature 0 is greedy, which gives one answer per question"),  # fmt: skip
         (["--config", str(REPO / "configs")], f"config file {REPO / 'configs'} is a folder: name a YAML file"),
         (["--use_vllm", "true"], "4-bit loading with vLLM generation is broken upstream: set load_in_4bit: false"),
         (["--adapter", "x"], "adapter folder x does not exist or holds no adapter_config.json"),
