@@ -17,16 +17,18 @@ import rewards
 from atomic import write_atomically
 
 
-def generation_path(args: GRPOConfig) -> str:
+def generation_path(args: GRPOConfig, decoding: dict | None = None) -> str:
     if args.use_transformers_continuous_batching:
         return "transformers continuous batching (generate_batch), greedy"
-    return "transformers generate: batched, greedy, left-padded"
+    compiled = ", compiled decoding" if decoding else ""
+    return f"transformers generate: batched, greedy, left-padded{compiled}"
 
 
-def generate_greedy(model, tokenizer, prompts, args: GRPOConfig) -> list[dict]:
+def generate_greedy(model, tokenizer, prompts, args: GRPOConfig, decoding: dict | None = None) -> list[dict]:
     """Greedy completions in the input order, as long as the run's training completions may be: continuous batching
     when the run uses it for training (faster on a GPU when answer lengths vary), else batched `generate` with the
-    shortest prompts first so each batch pads little."""
+    shortest prompts first so each batch pads little. `decoding`: GenerationConfig fields of compiled decoding
+    (decoding.generation_options), or None."""
     chat_template_kwargs = args.chat_template_kwargs or {}
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True, **chat_template_kwargs) for p in prompts]  # fmt: skip
     eos_ids = model.generation_config.eos_token_id
@@ -36,6 +38,7 @@ def generate_greedy(model, tokenizer, prompts, args: GRPOConfig) -> list[dict]:
         max_new_tokens=args.max_completion_length,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=list(eos_ids),
+        **(decoding or {}),
     )
     show_progress = PartialState().is_local_main_process
     if args.use_transformers_continuous_batching:
@@ -65,13 +68,15 @@ def generate_in_batches(model, tokenizer, texts, config, batch_size, show_progre
     return generated
 
 
-def evaluate_gsm8k(model, tokenizer, examples: Dataset, args: GRPOConfig) -> tuple[list[dict], dict]:
+def evaluate_gsm8k(
+    model, tokenizer, examples: Dataset, args: GRPOConfig, decoding: dict | None = None
+) -> tuple[list[dict], dict]:
     """Rows (one per question) and a summary; each process generates a share, every process gets all rows."""
     state = PartialState()
     was_training = model.training
     model.eval()
     with state.split_between_processes(list(range(len(examples)))) as shard:
-        generated = generate_greedy(model, tokenizer, [examples[i]["prompt"] for i in shard], args)
+        generated = generate_greedy(model, tokenizer, [examples[i]["prompt"] for i in shard], args, decoding)
     model.train(was_training)
     generated = gather_object(generated)
     rows = []
@@ -86,7 +91,7 @@ def evaluate_gsm8k(model, tokenizer, examples: Dataset, args: GRPOConfig) -> tup
             "formatted": rewards.is_formatted(result["completion"]),
             "truncated": result["truncated"],
         })  # fmt: skip
-    return rows, summarise_accuracy(rows) | {"generation": generation_path(args)}
+    return rows, summarise_accuracy(rows) | {"generation": generation_path(args, decoding)}
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -44,6 +44,7 @@ from trl import GRPOTrainer, get_peft_config
 from trl.models import unwrap_model_for_generation
 
 import console
+import decoding
 import doctor
 import evaluation
 import loading
@@ -74,11 +75,18 @@ class GSM8KGRPOTrainer(GRPOTrainer):
     Written against TRL 1.16.0, it relies on GRPOTrainer's private `_calculate_rewards`, `eos_token_ids`, `_metrics`,
     `_logs` and `_log_completion_extra`: check them when upgrading TRL."""
 
-    def __init__(self, *args, completion_samples_every: int, **kwargs):
+    def __init__(self, *args, completion_samples_every: int, compile_decoding: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.remove_callback(PrinterCallback if self.args.disable_tqdm else ProgressCallback)
         self.add_callback(console.StepLines)
         self.completion_samples_every = completion_samples_every
+        decoding.keep_one_input_grad_hook(self.model)  # eager decoding gains too: no hook per generation
+        self.decoding = {}  # GenerationConfig fields of compiled decoding, for training and evaluation alike
+        if compile_decoding:
+            prompt_sets = [self.train_dataset, self.eval_dataset]
+            self.decoding = decoding.generation_options(self.model, self.processing_class, prompt_sets, self.args)
+            # TRL builds its GenerationConfig with disable_compile=True (grpo_trainer.py:1173); these lift it
+            self.generation_config.update(**self.decoding)
         self.evaluations = {}  # global step -> metrics, so the final evaluation does not repeat the last scheduled one
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -121,7 +129,7 @@ class GSM8KGRPOTrainer(GRPOTrainer):
             return self.evaluations[step]
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as model:
             examples = eval_dataset if eval_dataset is not None else self.eval_dataset
-            rows, summary = evaluation.evaluate_gsm8k(model, self.processing_class, examples, self.args)
+            rows, summary = evaluation.evaluate_gsm8k(model, self.processing_class, examples, self.args, self.decoding)
         if self.accelerator.is_main_process:
             evaluation.write_eval_files(Path(self.args.output_dir) / "eval" / f"step-{step}", rows, summary)
             print(f"\nstep {step}: {evaluation.describe_accuracy(summary)}")
@@ -218,6 +226,7 @@ def build_trainer(run: RunSettings, inputs: Inputs, callbacks=()) -> GSM8KGRPOTr
         peft_config=get_peft_config(run.model),
         callbacks=list(callbacks),
         completion_samples_every=run.script.completion_samples_every,
+        compile_decoding=run.script.compile_decoding,
     )
 
 
@@ -260,7 +269,10 @@ def evaluate_only(run: RunSettings, inputs: Inputs) -> int:
     model = inputs.model  # 4-bit weights load onto the GPU; the Trainer places a 16-bit model, and here nothing else
     if torch.cuda.is_available() and model.device.type == "cpu":
         model = model.to(PartialState().device)
-    rows, summary = evaluation.evaluate_gsm8k(model, inputs.tokenizer, inputs.eval_set, run.training)
+    options = {}
+    if run.script.compile_decoding:
+        options = decoding.generation_options(model, inputs.tokenizer, [inputs.eval_set], run.training)
+    rows, summary = evaluation.evaluate_gsm8k(model, inputs.tokenizer, inputs.eval_set, run.training, options)
     summary |= {"model": run.script.model_name, "adapter": run.script.adapter}
     if PartialState().is_main_process:
         output_dir = run.training.output_dir

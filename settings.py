@@ -117,6 +117,11 @@ class ScriptOptions:
     drop_unparsable_answers: bool = dataclasses.field(
         default=False, metadata={"help": "Drop (and count) rows whose gold answer has no number, instead of failing."}
     )
+    compile_decoding: Annotated[bool, Rule(resume_may_change=True)] = dataclasses.field(
+        default=False,
+        metadata={"help": "Decode with a static KV cache and torch.compile (CUDA graphs on a GPU), for training and "
+                  "evaluation completions alike (decoding.py). Off until a GPU measurement shows it faster."},
+    )  # fmt: skip
 
 
 # The rules of the constants at the top of grpotrainer.py and of the library's fields, one line each. Unset counts and
