@@ -88,7 +88,8 @@ def generation_options(model, tokenizer, prompt_sets, args) -> dict:
     allow_4bit_compile(model)
     # sized once for the whole run, so that no later batch needs a larger cache and a recompile (generate keeps the
     # larger of this and the call's own length: generation/utils.py:2299)
-    max_cache_len = longest_prompt_tokens(tokenizer, prompt_sets, args.chat_template_kwargs) + args.max_completion_length
+    longest_prompt = longest_prompt_tokens(tokenizer, prompt_sets, args.chat_template_kwargs)
+    max_cache_len = longest_prompt + args.max_completion_length
     config = compile_config()
     say(
         f"compiled decoding: static KV cache of {max_cache_len} tokens, torch.compile mode '{config.mode}'; "

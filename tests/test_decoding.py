@@ -84,7 +84,7 @@ def test_compiled_sampling_gives_the_eager_tokens_with_a_fixed_seed(compiled_run
     trainer, _ = compiled_run
     trainer.model.train()
     inputs = train_prompt_ids(trainer, trainer.args.per_device_train_batch_size)  # the training batch shape
-    eager = GenerationConfig(**trainer.generation_kwargs, disable_compile=True)  # TRL's own config (grpo_trainer.py:1173)
+    eager = GenerationConfig(**trainer.generation_kwargs, disable_compile=True)  # TRL's own (grpo_trainer.py:1173)
     before = graphs_compiled()
     compiled_tokens = sample_as_trl_does(trainer, inputs, trainer.generation_config, seed=7)
     assert graphs_compiled() == before  # the graph of the training steps
@@ -101,7 +101,9 @@ def test_compiled_greedy_evaluation_gives_the_eager_completions(compiled_run):
             model, trainer.processing_class, trainer.eval_dataset, trainer.args, trainer.decoding
         )
         assert graphs_compiled() == before  # a fourth evaluation, and still nothing new to compile
-        eager_rows, eager = evaluation.evaluate_gsm8k(model, trainer.processing_class, trainer.eval_dataset, trainer.args)
+        eager_rows, eager = evaluation.evaluate_gsm8k(
+            model, trainer.processing_class, trainer.eval_dataset, trainer.args
+        )
     assert compiled_rows == eager_rows and len(compiled_rows) == len(trainer.eval_dataset)
     assert compiled["generation"] == eager["generation"] + ", compiled decoding"
 
