@@ -48,17 +48,20 @@ def choose_decoding(
     return Decoding(samples, chosen, card_top_p if top_p is None else top_p, seed)
 
 
-def generation_path(args: GRPOConfig, decoding: Decoding = Decoding()) -> str:
+def generation_path(args: GRPOConfig, decoding: Decoding = Decoding(), compiled: dict | None = None) -> str:
     how = "greedy" if decoding.greedy else "sampled"
     if args.use_transformers_continuous_batching:
         return f"transformers continuous batching (generate_batch), {how}"
-    return f"transformers generate: batched, {how}, left-padded"
+    return f"transformers generate: batched, {how}, left-padded{', compiled decoding' if compiled else ''}"
 
 
-def generate_completions(model, tokenizer, prompts, args: GRPOConfig, decoding: Decoding = Decoding()) -> list[dict]:
+def generate_completions(
+    model, tokenizer, prompts, args: GRPOConfig, decoding: Decoding = Decoding(), compiled: dict | None = None
+) -> list[dict]:
     """`decoding.samples` completions per prompt, in the input order (a prompt's samples together), as long as the
     run's training completions may be: continuous batching when the run uses it for training (faster on a GPU when
-    answer lengths vary), else batched `generate` with the shortest prompts first so each batch pads little."""
+    answer lengths vary), else batched `generate` with the shortest prompts first so each batch pads little.
+    `compiled`: the GenerationConfig fields of compiled decoding (decoding.generation_options), or None."""
     chat_template_kwargs = args.chat_template_kwargs or {}
     texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True, **chat_template_kwargs) for p in prompts]  # fmt: skip
     texts = [text for text in texts for _ in range(decoding.samples)]
@@ -71,6 +74,7 @@ def generate_completions(model, tokenizer, prompts, args: GRPOConfig, decoding: 
         max_new_tokens=args.max_completion_length,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=list(eos_ids),
+        **(compiled or {}),
     )
     show_progress = PartialState().is_local_main_process
     cuda = [model.device] if model.device.type == "cuda" else []
@@ -104,18 +108,21 @@ def generate_in_batches(model, tokenizer, texts, config, batch_size, show_progre
     return generated
 
 
-def evaluate_gsm8k(model, tokenizer, examples: Dataset, args: GRPOConfig, decoding: Decoding = Decoding()):
+def evaluate_gsm8k(
+    model, tokenizer, examples: Dataset, args: GRPOConfig, decoding: Decoding = Decoding(), compiled: dict | None = None
+):
     """Rows (one per question) and a summary; each process generates a share, every process gets all rows."""
     state = PartialState()
     was_training = model.training
     model.eval()
     with state.split_between_processes(list(range(len(examples)))) as shard:
-        generated = generate_completions(model, tokenizer, [examples[i]["prompt"] for i in shard], args, decoding)
+        prompts = [examples[i]["prompt"] for i in shard]
+        generated = generate_completions(model, tokenizer, prompts, args, decoding, compiled)
     model.train(was_training)
     generated = gather_object(generated)
     k = decoding.samples
     rows = [question_row(example, generated[i * k : (i + 1) * k]) for i, example in enumerate(examples)]
-    return rows, summarise(rows) | {"generation": generation_path(args, decoding), "decoding": decoding._asdict()}
+    return rows, summarise(rows) | {"generation": generation_path(args, decoding, compiled), "decoding": decoding._asdict()}
 
 
 def score_sample(completion: str, truncated: bool, gold: str) -> dict:

@@ -49,6 +49,7 @@ from trl.models import unwrap_model_for_generation
 import adapters
 import checkpoints
 import console
+import decoding
 import doctor
 import evaluation
 import loading
@@ -82,13 +83,23 @@ class GSM8KGRPOTrainer(GRPOTrainer):
     `_logs` and `_log_completion_extra`, and on transformers' `Trainer._determine_best_metric`: check them when
     upgrading TRL or transformers."""
 
-    def __init__(self, *args, completion_samples_every: int, decoding: evaluation.Decoding, eval_settings: dict, **kwargs):  # fmt: skip
+    def __init__(
+        self, *args, completion_samples_every: int, eval_decoding: evaluation.Decoding, eval_settings: dict,
+        compile_decoding: bool = False, **kwargs,
+    ):  # fmt: skip
         super().__init__(*args, **kwargs)
         self.remove_callback(PrinterCallback if self.args.disable_tqdm else ProgressCallback)
         self.add_callback(console.StepLines)
         self.completion_samples_every = completion_samples_every
-        self.decoding = decoding
+        self.decoding = eval_decoding
         self.eval_settings = eval_settings  # what an evaluation's answers depend on, so that a later one can reuse it
+        decoding.keep_one_input_grad_hook(self.model)  # eager decoding gains too: no hook per generation
+        self.compiled = {}  # GenerationConfig fields of compiled decoding, for training and evaluation alike
+        if compile_decoding:
+            prompt_sets = [self.train_dataset, self.eval_dataset]
+            self.compiled = decoding.generation_options(self.model, self.processing_class, prompt_sets, self.args)
+            # TRL builds its GenerationConfig with disable_compile=True (grpo_trainer.py:1173); these lift it
+            self.generation_config.update(**self.compiled)
         self.evaluations = {}  # global step -> metrics, so the final evaluation does not repeat the last scheduled one
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -132,7 +143,9 @@ class GSM8KGRPOTrainer(GRPOTrainer):
             return self.evaluations[step]
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as model:
             examples = eval_dataset if eval_dataset is not None else self.eval_dataset
-            rows, summary = evaluation.evaluate_gsm8k(model, self.processing_class, examples, self.args, self.decoding)
+            rows, summary = evaluation.evaluate_gsm8k(
+                model, self.processing_class, examples, self.args, self.decoding, self.compiled
+            )
         summary |= {"step": step, "settings": self.eval_settings}
         if self.accelerator.is_main_process:
             evaluation.write_eval_files(evaluation.step_folder(Path(self.args.output_dir), step), rows, summary)
@@ -260,8 +273,9 @@ def build_trainer(run: RunSettings, inputs: Inputs, callbacks=()) -> GSM8KGRPOTr
         peft_config=None if run.script.adapter else get_peft_config(run.model),
         callbacks=[adapters.RequireTrainableParameters(), *callbacks],
         completion_samples_every=run.script.completion_samples_every,
-        decoding=eval_decoding(run),
+        eval_decoding=eval_decoding(run),
         eval_settings=eval_settings(run),
+        compile_decoding=run.script.compile_decoding,
     )
 
 
@@ -325,11 +339,14 @@ def evaluate_only(run: RunSettings, inputs: Inputs) -> int:
     model = inputs.model  # 4-bit weights load onto the GPU; the Trainer places a 16-bit model, and here nothing else
     if torch.cuda.is_available() and model.device.type == "cpu":
         model = model.to(PartialState().device)
-    decoding = eval_decoding(run)
+    how = eval_decoding(run)
     if settings.compared_run(run.script.adapter):
-        checkpoints.compare_run(Path(run.script.adapter), model, inputs, run, decoding, eval_settings(run))
+        checkpoints.compare_run(Path(run.script.adapter), model, inputs, run, how, eval_settings(run))
         return 0
-    rows, summary = evaluation.evaluate_gsm8k(model, inputs.tokenizer, inputs.eval_set, run.training, decoding)
+    compiled = {}
+    if run.script.compile_decoding:
+        compiled = decoding.generation_options(model, inputs.tokenizer, [inputs.eval_set], run.training)
+    rows, summary = evaluation.evaluate_gsm8k(model, inputs.tokenizer, inputs.eval_set, run.training, how, compiled)
     adapter = run.script.adapter
     step = evaluation.adapter_step(Path(adapter)) if adapter else 0
     summary |= {"model": run.script.model_name, "adapter": adapter, "step": step, "settings": eval_settings(run)}

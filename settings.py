@@ -134,6 +134,11 @@ class ScriptOptions:
     eval_top_p: Annotated[float | None, Rule(above=0, at_most=1)] = dataclasses.field(
         default=None, metadata={"help": "Evaluation's top-p when it samples. Unset: Qwen3's model card (0.95 thinking, 0.8 not)."}  # fmt: skip
     )
+    compile_decoding: Annotated[bool, Rule(resume_may_change=True)] = dataclasses.field(
+        default=False,
+        metadata={"help": "Decode with a static KV cache and torch.compile (CUDA graphs on a GPU), for training and "
+                  "evaluation completions alike (decoding.py). Off until a GPU measurement shows it faster."},
+    )  # fmt: skip
 
 
 # The rules of the constants at the top of grpotrainer.py and of the library's fields, one line each. Unset counts and

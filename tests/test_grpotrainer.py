@@ -60,6 +60,18 @@ def test_smoke_run_visibly_learns(smoke_run):
     assert last > first + 0.05, mean
 
 
+def test_smoke_run_with_compiled_decoding_learns_as_the_eager_one(smoke_run, tmp_path):
+    out = tmp_path / "compiled"
+    result = run_script("--smoke", "--compile_decoding", "true", "--output_dir", out)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "compiled decoding: static KV cache of " in result.stdout
+    for run in (smoke_run[0], out):
+        mean = scalars(run)["train/rewards/mean"]
+        assert sum(mean[-5:]) / 5 > sum(mean[:5]) / 5 + 0.05, (run, mean)  # the first and last 10 of 80 steps
+    summary = json.loads((out / "eval" / "step-80" / "eval_summary.json").read_text())
+    assert summary["generation"].endswith(", compiled decoding")
+
+
 def test_smoke_run_writes_sample_completions_to_the_text_tab(smoke_run):
     log = tensorboard_log(smoke_run[0])
     assert "train/completions/text_summary" in log.Tags()["tensors"]
