@@ -134,33 +134,73 @@ class GSM8KGRPOTrainer(GRPOTrainer):
         return metrics
 
 
+# A stop by signal, after a step and with a checkpoint. Ctrl-C keeps the shell's 130; SIGTERM (schedulers, spot
+# instances) and SIGUSR1 (SLURM's --signal) exit EXIT_PREEMPTED, which no failure and no kill uses: "resume me".
+# A second signal stops at once, and the process then ends as killed by that signal (exit status 128 + its number).
+EXIT_PREEMPTED = 5
+STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM] + [signal.SIGUSR1] * hasattr(signal, "SIGUSR1")  # no SIGUSR1 on Windows
+
+
 class SaveOnInterrupt(TrainerCallback):
-    """Ctrl-C ends training after the current step with a checkpoint that --resume continues from; a second Ctrl-C
-    stops at once. Every process stops at the same step, so a multi-process save cannot hang."""
+    """Ctrl-C, SIGTERM or SIGUSR1 ends training after the current step with a checkpoint that --resume continues from;
+    a second one stops at once. Every process stops at the same step, so a multi-process save cannot hang."""
 
     def __init__(self):
-        self.interrupted = False
+        self.signal = 0  # the number of the first stop signal, 0 while none came
+        self.previous_handlers = {}
+
+    @property
+    def interrupted(self) -> bool:
+        return self.signal != 0
 
     def on_train_begin(self, args, state, control, **kwargs):
-        signal.signal(signal.SIGINT, self.request_stop)
+        self.previous_handlers = {number: signal.signal(number, self.request_stop) for number in STOP_SIGNALS}
 
     def request_stop(self, signum, frame):
         if self.interrupted:
-            raise KeyboardInterrupt
-        self.interrupted = True
-        print("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to stop at once)")
+            stop_at_once(signum)
+        self.signal = signum
+        if PartialState().is_main_process:
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            print(f"\n{name}: stopping after this step and saving a checkpoint ({name} again to stop at once)", flush=True)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            flag = torch.tensor([float(self.interrupted)], device=PartialState().device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            self.interrupted = bool(flag.item())
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # any process's signal stops all
+            number = torch.tensor([float(self.signal)], device=PartialState().device)
+            torch.distributed.all_reduce(number, op=torch.distributed.ReduceOp.MAX)
+            self.signal = int(number.item())
         if self.interrupted:
             control.should_save = True
             control.should_training_stop = True
 
     def on_train_end(self, args, state, control, **kwargs):
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for number, handler in self.previous_handlers.items():
+            signal.signal(number, handler)
+
+    def exit_code(self) -> int:
+        return 128 + signal.SIGINT if self.signal == signal.SIGINT else EXIT_PREEMPTED
+
+    def stopped_line(self, step: int, output_dir: str) -> str:
+        cause = "interrupted" if self.signal == signal.SIGINT else f"stopped by {signal.Signals(self.signal).name}"
+        return (
+            f"{cause} at step {step}; checkpoint saved in {output_dir} (exit code {self.exit_code()}). "
+            f"Continue with: {launcher()} grpotrainer.py --resume --output_dir {output_dir}"
+        )
+
+
+def stop_at_once(signum: int) -> None:
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)  # so the exit status says what it was: killed by this signal, nothing saved
+
+
+def launcher() -> str:
+    """How this run was started, for the continue command: torchrun sets WORLD_SIZE and LOCAL_WORLD_SIZE."""
+    processes, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if processes == 1:
+        return "python"
+    return f"torchrun --nnodes {processes // local} --nproc_per_node {local}" if processes > local else f"torchrun --nproc_per_node {local}"  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -179,9 +219,9 @@ def load_inputs(run: RunSettings) -> Inputs:
     """Everything the run reads; all that can be wrong with it fails here, before an output folder exists."""
     script, training = run.script, run.training
     checkpoint = None
-    if script.resume:
+    if script.resume is True:
         checkpoint, skipped = loading.resume_checkpoint(training.output_dir)
-        for line in skipped if PartialState().is_main_process else ():
+        for line in [*skipped, loading.resume_line(checkpoint, training)] if PartialState().is_main_process else ():
             print(line)
     if script.adapter:
         loading.check_adapter(script.adapter)
@@ -238,11 +278,8 @@ def train(run: RunSettings, inputs: Inputs) -> int:
         return watcher.exit_code
     if interrupt.interrupted:
         if main_process:
-            print(
-                f"interrupted at step {trainer.state.global_step}; checkpoint saved in {output_dir}. "
-                f"Continue with: python grpotrainer.py --resume --output_dir {output_dir}"
-            )
-        return 130
+            print(interrupt.stopped_line(trainer.state.global_step, output_dir))
+        return interrupt.exit_code()
     final = Path(output_dir) / "final"
     trainer.save_model(str(final))
     if main_process:
@@ -275,12 +312,20 @@ def main(argv: list[str]) -> int:
         if run.script.merge:
             return merge.merge_run(run)
         settings.check_output_dir(run.training.output_dir)
+        if run.script.resume is True and (finished := loading.finished_line(run.training)):
+            if PartialState().is_main_process:
+                print(finished)
+            return 0
+        if run.script.resume == "auto":
+            loading.check_auto_start(Path(run.training.output_dir))
         inputs = load_inputs(run)
         state = PartialState()
         requested = run.training.output_dir
         run.training.output_dir = settings.claim_output_dir(requested, run.script.resume)
         state.wait_for_everyone()  # every process chose the folder before the main process creates it
         if state.is_main_process:
+            if run.script.resume == "auto":
+                print(f"--resume auto: no complete checkpoint in {requested}: starting the run there")
             if run.training.output_dir != requested:
                 print(f"{requested} holds an earlier run, kept as it is: this run writes to {run.training.output_dir}")
             settings.report_settings(run, CONSTANTS)

@@ -45,7 +45,17 @@ class ScriptOptions:
     smoke: bool = dataclasses.field(default=False, metadata={"help": "Offline run on a tiny model and synthetic data."})
     eval_only: bool = dataclasses.field(default=False, metadata={"help": "Only measure GSM8K test accuracy."})
     adapter: str | None = dataclasses.field(default=None, metadata={"help": "A LoRA adapter folder to evaluate."})
-    resume: bool = dataclasses.field(default=False, metadata={"help": "Continue from output_dir's last checkpoint."})
+    # A str with nargs "?" (HfArgumentParser passes metadata on to argparse) so that `--resume` alone still means
+    # true; resume_mode() turns the text into False, True or "auto" (see there).
+    resume: str = dataclasses.field(
+        default="false",
+        metadata={
+            "help": "Continue output_dir's run from its last checkpoint; 'auto': continue it if it has one, else start "
+            "it there (one command for a first start and every restart).",
+            "nargs": "?",
+            "const": "true",
+        },
+    )
     doctor: bool = dataclasses.field(default=True, metadata={"help": "Report problems as they start (doctor.py)."})
     merge: bool = dataclasses.field(
         default=False, metadata={"help": "Merge --adapter into its 16-bit base: RUN/final -> RUN/final-merged."}
@@ -297,13 +307,22 @@ def parse_settings(argv: list[str], constants: dict, config_file: str, script_di
     cli_keys = command_line_keys(argv)
     check_keys(cli_keys, valid, "on the command line")
     modes = parser.parse_known_args(argv)[0]  # --config, --smoke, --eval_only and --resume decide the layers below
-    if modes.merge and (modes.eval_only or modes.resume):
+    resume = resume_mode(modes.resume)
+    if modes.merge and (modes.eval_only or resume):
         raise InputError(f"--merge cannot be combined with --{'eval_only' if modes.eval_only else 'resume'}")
-    if modes.resume:
-        saved = read_saved_settings(Path(modes.output_dir if "output_dir" in cli_keys else constants["output_dir"]))
+    folder = modes.output_dir if "output_dir" in cli_keys else constants["output_dir"]
+    if resume == "auto":  # the folder a new run would write to (--smoke has its own), and whether it holds one
+        layers, sources = new_run_layers(modes, cli_keys, parser, valid, constants, script_dir)
+        if "output_dir" not in cli_keys:
+            folder = next(layer["output_dir"] for layer in reversed(layers) if "output_dir" in layer)
+        import loading  # it imports this module's InputError; by the time a run parses settings, both are loaded
+
+        resume = True if loading.holds_a_checkpoint(Path(folder)) else "auto"
+    if resume is True:
+        saved = read_saved_settings(Path(folder))
         layers = [replayed_values(saved, constants)]
         sources = {key: "settings.yaml" for key in saved["sources"].keys() - NO_GPU.keys()}
-    else:
+    elif resume is False:
         layers, sources = new_run_layers(modes, cli_keys, parser, valid, constants, script_dir)
     if not torch.cuda.is_available():
         # bf16 autocast and bitsandbytes bf16 compute need a GPU; use_cpu makes torchrun's processes one CPU group
@@ -315,11 +334,11 @@ def parse_settings(argv: list[str], constants: dict, config_file: str, script_di
     namespace, unparsed = parser.parse_known_args(argv)
     if unparsed:
         raise InputError(f"unexpected argument '{unparsed[0]}': settings are given as --name value")
-    values = vars(namespace)
+    values = vars(namespace) | {"resume": resume}
     if values["eval_only"] and "output_dir" not in cli_keys:
         values["output_dir"] = eval_output_dir(values["output_dir"], values["model_name"], values["adapter"])
         sources["output_dir"] = "--eval_only"
-    if modes.resume:
+    if resume is True:
         check_resume_changes(saved, values, cli_keys)
     check_values(values)
     sources |= {key: "command line" for key in cli_keys}
@@ -332,7 +351,8 @@ def parse_settings(argv: list[str], constants: dict, config_file: str, script_di
         raise InputError(" ".join(str(error).split())) from None
     for library_name, name in RENAMED.items():
         setattr(training if hasattr(training, library_name) else model, library_name, getattr(script, name))
-    training.eval_on_start &= not script.resume  # a resumed run was evaluated at its step 0 already
+    training.resume_from_checkpoint = script.resume is True  # not "auto", which starts a new run
+    training.eval_on_start &= script.resume is not True  # a resumed run was evaluated at its step 0 already
     training.chat_template_kwargs = {"enable_thinking": script.enable_thinking}
     if training.reward_weights is None:
         training.reward_weights = [weight for _, weight in rewards.REWARDS]
@@ -378,6 +398,19 @@ RESUME_MAY_CHANGE = {
     "eval_strategy", "eval_before_and_after", "per_device_eval_batch_size", "save_steps", "save_strategy",
     "save_total_limit", "completion_samples_every", "disable_tqdm", "dataloader_num_workers",
 }  # fmt: skip
+
+
+def resume_mode(text) -> bool | str:
+    """--resume's value: False (a new run), True (continue output_dir's run), or "auto", which parse_settings turns into
+    True when output_dir holds a complete checkpoint and otherwise keeps: a new run that claims output_dir itself."""
+    if text in (False, True, "auto"):  # a saved or already resolved value
+        return text
+    if str(text).lower() == "auto":
+        return "auto"
+    try:
+        return string_to_bool(text)
+    except Exception:  # transformers raises ArgumentTypeError
+        raise InputError(f"--resume is true, false or auto, not {text!r}") from None
 
 
 def read_saved_settings(folder: Path) -> dict:
@@ -442,8 +475,9 @@ def check_output_dir(path: str) -> None:
         raise InputError(message) from None
 
 
-def claim_output_dir(requested: str, resume: bool) -> str:
-    """A run never overwrites an earlier one: an occupied folder gets the next free "-N" suffix."""
+def claim_output_dir(requested: str, resume: bool | str) -> str:
+    """A run never overwrites an earlier one: an occupied folder gets the next free "-N" suffix. --resume continues
+    the run there, and --resume auto starts it there (loading.check_auto_start checked it)."""
     if resume:
         return requested  # its checkpoint was checked by loading.resume_checkpoint
     candidates = [requested] + [f"{requested}-{n}" for n in range(2, 10_000)]
@@ -477,7 +511,7 @@ def report_settings(run: RunSettings, constants: dict) -> None:
         if replaced := sorted(key for key in constants if run.sources.get(key) == preset):
             names = ", ".join(replaced)
             lines.append(f"  ({preset} replaces grpotrainer.py's {names}: edits there have no effect with it)")
-    layers = "settings.yaml < command line" if run.script.resume else "grpotrainer.py < config file < --smoke < command line"  # fmt: skip
+    layers = "settings.yaml < command line" if run.script.resume is True else "grpotrainer.py < config file < --smoke < command line"  # fmt: skip
     print(f"settings ({layers}):\n" + "\n".join(lines))
     folder = Path(run.training.output_dir)
     folder.mkdir(parents=True, exist_ok=True)
