@@ -95,16 +95,37 @@ def held_out(dataset: Dataset, split: str, holdout: int, name: str) -> Dataset:
 def parse_gold_answers(dataset: Dataset, name: str, drop_unparsable: bool) -> Dataset:
     """Adds the ground_truth column the rewards read. A gold answer with no number would score every completion 0:
     an error, unless the run asks to drop such rows, which it then counts."""
-    dataset = dataset.map(lambda example: {"ground_truth": rewards.parse_ground_truth(example["answer"])})
+    check_answer_types(dataset, name)
+    dataset = dataset.map(lambda example: {"ground_truth": rewards.parse_ground_truth(answer_text(example["answer"]))})
     bad = [i for i, truth in enumerate(dataset["ground_truth"]) if not truth]
     if bad and not drop_unparsable:
         raise InputError(
             f"{len(bad)} of {len(dataset)} rows of dataset {name} have a gold answer with no number, the first "
-            f"(row {bad[0] + 1}): {dataset[bad[0]]['answer'][-80:]!r}; fix them, or set --drop_unparsable_answers true"
+            f"(row {bad[0] + 1}): {answer_text(dataset[bad[0]]['answer'])[-80:]!r}; fix them, or set --drop_unparsable_answers true"
         )
     if bad and PartialState().is_main_process:
         print(f"dataset {name}: dropped {len(bad)} of {len(dataset)} rows whose gold answer has no number")
     return dataset.select(sorted(set(range(len(dataset))) - set(bad))) if bad else dataset
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def answer_text(answer) -> str:
+    """A gold answer as GSM8K's text: a JSON number (people's own data often has one) is the answer itself."""
+    return str(answer) if is_number(answer) else answer
+
+
+def check_answer_types(dataset: Dataset, name: str) -> None:
+    """A gold answer is text or a number; anything else (null, a list, true) is an error that names its row. The
+    datasets library keeps a column of mixed JSON types as they are (its Json feature), so each row is checked."""
+    for row, answer in enumerate(dataset["answer"], 1):
+        if not isinstance(answer, str) and not is_number(answer):
+            raise InputError(
+                f"dataset {name} row {row}: the gold answer is {json.dumps(answer)[:80]}, a {type(answer).__name__}: "
+                f"it must be text ending in '#### <number>' or a number"
+            )
 
 
 def load_local(files: list[Path]) -> Dataset:

@@ -45,6 +45,32 @@ def test_one_dataset_file_is_split_into_training_rows_and_held_out_test_rows(cap
     assert not (tmp_path / "out").exists()
 
 
+def write_splits(folder, rows) -> None:
+    for split in ("train", "test"):
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+@pytest.mark.parametrize("numbers", [[72, 5, -3], [72, 7.5, 0.25]], ids=["integers", "integers and decimals"])
+def test_a_gold_answer_that_is_a_json_number_is_the_answer_itself(tmp_path, numbers):
+    rows = smoke.synthetic_gsm8k_rows(4, seed=0)
+    for row, number in zip(rows, numbers):
+        row["answer"] = number
+    write_splits(tmp_path, rows)  # the last row keeps GSM8K's text: numbers and text mixed in one column
+    dataset = loading.load_split(str(tmp_path), None, "train")
+    expected = [str(number).removesuffix(".0") for number in numbers] + [rows[3]["answer"].rsplit("#### ", 1)[1]]
+    assert dataset["ground_truth"] == expected
+
+
+@pytest.mark.parametrize("answer, shown", [(None, "null, a NoneType"), ([72], "[72], a list"), (True, "true, a bool")])
+def test_a_gold_answer_of_any_other_type_is_one_line_naming_its_row(capsys, tmp_path, answer, shown):
+    rows = smoke.synthetic_gsm8k_rows(4, seed=0)
+    rows[2]["answer"] = answer
+    write_splits(tmp_path, rows)
+    message = f"dataset {tmp_path} (test) row 3: the gold answer is {shown}: it must be text ending in '#### <number>' or a number"  # fmt: skip
+    assert error_line(capsys, ["--smoke", "--dataset_name", tmp_path, "--eval_samples", 1, "--output_dir", tmp_path / "out"]) == f"grpotrainer.py: error: {message}"  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
 def test_gold_answers_without_a_number_are_an_error_or_dropped_and_counted(capsys, tmp_path):
     rows = smoke.synthetic_gsm8k_rows(10, seed=0)
     rows[3]["answer"] = rows[7]["answer"] = "It is #### many"
