@@ -202,3 +202,27 @@ def test_resume_continues_from_the_newest_complete_checkpoint_and_names_what_it_
     shutil.rmtree(complete)
     with pytest.raises(loading.InputError, match=f"no complete checkpoint-<step> folder in {tmp_path} to continue from; the newest, {damaged}, {why}"):  # fmt: skip
         loading.resume_checkpoint(str(tmp_path))
+
+
+def test_resume_auto_starts_only_in_an_empty_folder_or_an_attempt_of_a_run(tmp_path):
+    loading.check_auto_start(tmp_path / "missing")
+    loading.check_auto_start(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(loading.InputError, match="holds files but no run of this script"):
+        loading.check_auto_start(tmp_path)
+    (tmp_path / "settings.yaml").write_text("")
+    loading.check_auto_start(tmp_path)  # an attempt cut short before its first checkpoint
+    (tmp_path / "final").mkdir()
+    with pytest.raises(loading.InputError, match="holds a finished run"):
+        loading.check_auto_start(tmp_path)
+
+
+def test_a_run_is_finished_when_its_newest_checkpoint_reached_its_length_and_final_is_saved(tmp_path):
+    run = grpotrainer.read_settings(["--smoke", "--max_steps", "10", "--output_dir", str(tmp_path)])
+    checkpoint(tmp_path, 10)
+    assert loading.finished_line(run.training) is None  # no final adapter yet: the save after training is missing
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / "adapter_config.json").write_text("{}")
+    assert loading.finished_line(run.training).startswith(f"--resume: {tmp_path} is finished: {tmp_path / 'checkpoint-10'} reached max_steps 10")  # fmt: skip
+    run.training.max_steps = 20  # --resume --max_steps 20 trains on
+    assert loading.finished_line(run.training) is None
