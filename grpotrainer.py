@@ -28,15 +28,19 @@ CONFIG_FILE = "config.yaml"  # read from beside this script unless --config name
 # Every constant above is the setting of the same name in lower case, except CONFIG_FILE, which says where the rest are.
 CONSTANTS = {name.lower(): value for name, value in dict(globals()).items() if name.isupper() and name != "CONFIG_FILE"}
 
+import errno
 import os
+import shutil
 import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from accelerate import PartialState
 from datasets import Dataset
+from tqdm.auto import tqdm
 from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 from trl import GRPOTrainer, get_peft_config
 from trl.models import unwrap_model_for_generation
@@ -203,6 +207,35 @@ def launcher() -> str:
     return f"torchrun --nnodes {processes // local} --nproc_per_node {local}" if processes > local else f"torchrun --nproc_per_node {local}"  # fmt: skip
 
 
+# A full disk while a checkpoint or the final adapter is saved: one line instead of torch.save's two tracebacks. What
+# was saved before is whole (loading.resume_checkpoint skips the cut checkpoint), so --resume continues once there is
+# space again.
+EXIT_DISK_FULL = 6
+FULL_BELOW = 16 * 2**20  # bytes free after a failed save that mean the disk is full (a write fails with ~0 left)
+
+
+def disk_full(error: BaseException, folder: str) -> bool:
+    """Whether a save failed for want of space. An OSError says ENOSPC; torch.save's C++ writer raises a RuntimeError
+    with no errno ('unexpected pos', 'iostream error'), so for an error raised while saving the free space decides."""
+    causes = [error, error.__context__, error.__cause__]
+    if any(isinstance(cause, OSError) and cause.errno == errno.ENOSPC for cause in causes):
+        return True
+    saving = any(frame.name in ("_save_checkpoint", "save_model") for frame in traceback.extract_tb(error.__traceback__))
+    return saving and shutil.disk_usage(folder).free < FULL_BELOW
+
+
+def disk_full_line(output_dir: str, step: int) -> str:
+    try:
+        last = loading.resume_checkpoint(output_dir)[0]
+        then = f"free space, then continue with: {launcher()} grpotrainer.py --resume --output_dir {output_dir}"
+    except InputError:
+        last, then = "none", "free space, then start the run again"
+    return (
+        f"grpotrainer.py: error: the disk is full: saving in {output_dir} at step {step} failed; the last complete "
+        f"checkpoint is {last}; {then} (exit code {EXIT_DISK_FULL})"
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The run: load what it needs, then train (or only evaluate)
 
@@ -269,21 +302,26 @@ def train(run: RunSettings, inputs: Inputs) -> int:
         print(f"TensorBoard: tensorboard --logdir {output_dir}")
     try:
         trainer.train(resume_from_checkpoint=inputs.checkpoint)
+        if not interrupt.interrupted and not (watcher is not None and watcher.exit_code):
+            trainer.save_model(str(Path(output_dir) / "final"))
     except torch.OutOfMemoryError:
         if watcher is None:
             raise
         doctor.report_out_of_memory(run.training, run.model, trainer.state.global_step)
         return doctor.EXIT_OUT_OF_MEMORY
+    except (OSError, RuntimeError) as error:  # after OutOfMemoryError, a RuntimeError too
+        if not disk_full(error, output_dir):
+            raise
+        tqdm.write(disk_full_line(output_dir, trainer.state.global_step), file=sys.stderr)  # not after the bar
+        return EXIT_DISK_FULL
     if watcher is not None and watcher.exit_code:
         return watcher.exit_code
     if interrupt.interrupted:
         if main_process:
             print(interrupt.stopped_line(trainer.state.global_step, output_dir))
         return interrupt.exit_code()
-    final = Path(output_dir) / "final"
-    trainer.save_model(str(final))
     if main_process:
-        print(f"final LoRA adapter and tokenizer: {final}")
+        print(f"final LoRA adapter and tokenizer: {Path(output_dir) / 'final'}")
     if run.script.eval_before_and_after:
         trainer.evaluate()
         if main_process:
