@@ -37,6 +37,12 @@ import traceback
 from pathlib import Path
 from typing import NamedTuple
 
+import versions
+
+if __name__ == "__main__" and (broken := versions.known_bad(versions.installed())):  # before they fail to import
+    print(f"grpotrainer.py: error: {broken}", file=sys.stderr)
+    sys.exit(2)
+
 import torch
 from accelerate import PartialState
 from datasets import Dataset
@@ -343,6 +349,9 @@ def evaluate_only(run: RunSettings, inputs: Inputs) -> int:
 
 
 def main(argv: list[str]) -> int:
+    if argv == ["--version"]:
+        print(versions.table(versions.installed(), versions.tested()))
+        return 0
     try:
         run = read_settings(argv)
         if run.script.smoke:
@@ -367,6 +376,8 @@ def main(argv: list[str]) -> int:
             if run.training.output_dir != requested:
                 print(f"{requested} holds an earlier run, kept as it is: this run writes to {run.training.output_dir}")
             settings.report_settings(run, CONSTANTS)
+            for line in versions.mismatch_lines(versions.installed(), versions.tested()):
+                print(line)
             if not torch.cuda.is_available() and not run.script.smoke:
                 print("warning: no CUDA GPU: running on the CPU, where a full-size model is very slow")
         exit_code = evaluate_only(run, inputs) if run.script.eval_only else train(run, inputs)

@@ -23,6 +23,7 @@ from trl import GRPOConfig, ModelConfig
 
 import rewards
 import smoke
+import versions
 from atomic import write_atomically
 
 
@@ -97,6 +98,7 @@ class RunSettings(NamedTuple):
             "training": json.loads(self.training.to_json_string()),
             "model": dataclasses.asdict(self.model),
             "sources": dict(self.sources),  # what was set, so that --resume replays exactly that
+            "versions": versions.installed(),  # what the run ran on
         }
 
 
