@@ -172,7 +172,8 @@ class SaveOnInterrupt(TrainerCallback):
         self.signal = signum
         if PartialState().is_main_process:
             name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-            print(f"\n{name}: stopping after this step and saving a checkpoint ({name} again to stop at once)", flush=True)
+            message = f"{name}: stopping after this step and saving a checkpoint ({name} again to stop at once)"
+            print(f"\n{message}", flush=True)
 
     def on_step_end(self, args, state, control, **kwargs):
         if torch.distributed.is_available() and torch.distributed.is_initialized():  # any process's signal stops all
@@ -226,7 +227,8 @@ def disk_full(error: BaseException, folder: str) -> bool:
     causes = [error, error.__context__, error.__cause__]
     if any(isinstance(cause, OSError) and cause.errno == errno.ENOSPC for cause in causes):
         return True
-    saving = any(frame.name in ("_save_checkpoint", "save_model") for frame in traceback.extract_tb(error.__traceback__))
+    frames = traceback.extract_tb(error.__traceback__)
+    saving = any(frame.name in ("_save_checkpoint", "save_model") for frame in frames)
     return saving and shutil.disk_usage(folder).free < FULL_BELOW
 
 

@@ -101,7 +101,8 @@ def parse_gold_answers(dataset: Dataset, name: str, drop_unparsable: bool) -> Da
     if bad and not drop_unparsable:
         raise InputError(
             f"{len(bad)} of {len(dataset)} rows of dataset {name} have a gold answer with no number, the first "
-            f"(row {bad[0] + 1}): {answer_text(dataset[bad[0]]['answer'])[-80:]!r}; fix them, or set --drop_unparsable_answers true"
+            f"(row {bad[0] + 1}): {answer_text(dataset[bad[0]]['answer'])[-80:]!r}; fix them, or set "
+            f"--drop_unparsable_answers true"
         )
     if bad and PartialState().is_main_process:
         print(f"dataset {name}: dropped {len(bad)} of {len(dataset)} rows whose gold answer has no number")
