@@ -33,10 +33,12 @@ import yaml
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 from transformers import HfArgumentParser  # noqa: E402
+from transformers.hf_argparser import string_to_bool  # noqa: E402
 from trl import GRPOConfig, ModelConfig  # noqa: E402
 
 import rewards  # noqa: E402
 import smoke  # noqa: E402
+import versions  # noqa: E402
 from atomic import write_atomically  # noqa: E402
 
 # TRL 1.16 calls transformers 5's deprecated gradient_checkpointing* names while it runs the activation
@@ -110,8 +112,16 @@ class ScriptOptions:
         default=False,
         metadata={"help": "Use --adapter on a --model_name other than the base it records, where its shapes fit."},
     )
-    resume: Annotated[bool, Rule(command_line_only=True, resume_may_change=True, library_name="resume_from_checkpoint")] = dataclasses.field(  # fmt: skip
-        default=False, metadata={"help": "Continue from output_dir's last checkpoint."}
+    # A str with nargs "?" (HfArgumentParser passes metadata on to argparse) so that `--resume` alone still means
+    # true; resume_mode() turns the text into False, True or "auto" (see there).
+    resume: Annotated[str, Rule(command_line_only=True, resume_may_change=True, library_name="resume_from_checkpoint")] = dataclasses.field(  # fmt: skip
+        default="false",
+        metadata={
+            "help": "Continue output_dir's run from its last checkpoint; 'auto': continue it if it has one, else start "
+            "it there (one command for a first start and every restart).",
+            "nargs": "?",
+            "const": "true",
+        },
     )
     doctor: bool = dataclasses.field(default=True, metadata={"help": "Report problems as they start (doctor.py)."})
     merge: Annotated[bool, Rule(command_line_only=True)] = dataclasses.field(
@@ -248,6 +258,7 @@ class RunSettings(NamedTuple):
             "training": json.loads(self.training.to_json_string()),
             "model": dataclasses.asdict(self.model),
             "sources": {key: str(source) for key, source in self.sources.items()},  # what --resume replays
+            "versions": versions.installed(),  # what the run ran on
         }
 
 
@@ -504,14 +515,23 @@ def parse_settings(argv: list[str], constants: dict, config_file: str, script_di
         raise InputError(f"unexpected argument '{unparsed[0]}': settings are given as --name value")
     given = vars(namespace)
     on_command_line = list(dict.fromkeys(key if key in given else key.removeprefix("no_") for key in cli_keys))
-    if given["merge"] and (given["eval_only"] or given["resume"]):
+    resume = resume_mode(given["resume"])
+    if given["merge"] and (given["eval_only"] or resume):
         raise InputError(f"--merge cannot be combined with --{'eval_only' if given['eval_only'] else 'resume'}")
 
-    if given["resume"]:
-        saved = read_saved_settings(Path(given["output_dir"] if "output_dir" in on_command_line else constants["output_dir"]))  # fmt: skip
+    folder = given["output_dir"] if "output_dir" in on_command_line else constants["output_dir"]
+    if resume == "auto":  # the folder a new run would write to (--smoke has its own), and whether it holds one
+        layers, sources = new_run_layers(given, on_command_line, kinds, constants, script_dir)
+        if "output_dir" not in on_command_line:
+            folder = next(values["output_dir"] for _, values in reversed(layers) if "output_dir" in values)
+        import loading  # it imports this module's InputError; by the time a run parses settings, both are loaded
+
+        resume = True if loading.holds_a_checkpoint(Path(folder)) else "auto"
+    if resume is True:
+        saved = read_saved_settings(Path(folder))
         layers = [(Layer.SAVED, replayed_values(saved, constants))]
         sources = {key: Source(Layer.SAVED) for key in saved["sources"].keys() - NO_GPU.keys()}
-    else:
+    elif resume is False:
         layers, sources = new_run_layers(given, on_command_line, kinds, constants, script_dir)
     if not torch.cuda.is_available():
         # bf16 autocast and bitsandbytes bf16 compute need a GPU; use_cpu makes torchrun's processes one CPU group
@@ -523,10 +543,11 @@ def parse_settings(argv: list[str], constants: dict, config_file: str, script_di
                 values[key] = value
                 if layer in PRESETS:  # the others' sources are known already, or are the constants'
                     sources[key] = Source(layer)
+    values["resume"] = resume
     if values["eval_only"] and "output_dir" not in on_command_line:
         values["output_dir"] = eval_output_dir(values["output_dir"], values["model_name"], values["adapter"])
         sources["output_dir"] = Source(Layer.EVAL_ONLY)
-    if given["resume"]:
+    if resume is True:
         check_resume_changes(saved, values, on_command_line)
     check_values(values)
     sources |= {key: Source(Layer.COMMAND_LINE) for key in on_command_line}
@@ -543,7 +564,8 @@ def resolved_configs(kinds, values: dict) -> tuple:
         raise InputError(" ".join(str(error).split())) from None
     for library_name, name in RENAMED.items():
         setattr(training if hasattr(training, library_name) else model, library_name, getattr(script, name))
-    training.eval_on_start &= not script.resume  # a resumed run was evaluated at its step 0 already
+    training.resume_from_checkpoint = script.resume is True  # not "auto", which starts a new run
+    training.eval_on_start &= script.resume is not True  # a resumed run was evaluated at its step 0 already
     training.chat_template_kwargs = {"enable_thinking": script.enable_thinking}
     if training.reward_weights is None:
         training.reward_weights = [weight for _, weight in rewards.REWARDS]
@@ -596,6 +618,19 @@ def compared_run(adapter: str | None) -> dict | None:
 # Resuming: the run's saved settings, of which the command line may change only what is safe mid-run (the Rules'
 # resume_may_change). Everything else (model, data, LoRA shape, batch shape, generation, rewards, optimiser) would make
 # the checkpoint continue a different run.
+
+
+def resume_mode(text) -> bool | str:
+    """--resume's value: False (a new run), True (continue output_dir's run), or "auto", which parse_settings turns into
+    True when output_dir holds a complete checkpoint and otherwise keeps: a new run that claims output_dir itself."""
+    if text in (False, True, "auto"):  # a saved or already resolved value
+        return text
+    if str(text).lower() == "auto":
+        return "auto"
+    try:
+        return string_to_bool(text)
+    except Exception:  # transformers raises ArgumentTypeError
+        raise InputError(f"--resume is true, false or auto, not {text!r}") from None
 
 
 def read_saved_settings(folder: Path) -> dict:
@@ -660,8 +695,9 @@ def check_output_dir(path: str) -> None:
         raise InputError(message) from None
 
 
-def claim_output_dir(requested: str, resume: bool) -> str:
-    """A run never overwrites an earlier one: an occupied folder gets the next free "-N" suffix."""
+def claim_output_dir(requested: str, resume: bool | str) -> str:
+    """A run never overwrites an earlier one: an occupied folder gets the next free "-N" suffix. --resume continues
+    the run there, and --resume auto starts it there (loading.check_auto_start checked it)."""
     if resume:
         return requested  # its checkpoint was checked by loading.resume_checkpoint
     candidates = [requested] + [f"{requested}-{n}" for n in range(2, 10_000)]
@@ -692,7 +728,7 @@ def report_settings(run: RunSettings, constants: dict) -> None:
         if replaced := sorted(key for key in constants if getattr(run.sources.get(key), "layer", None) is preset):
             names = ", ".join(replaced)
             lines.append(f"  ({preset.value} replaces grpotrainer.py's {names}: edits there have no effect with it)")
-    layers = "settings.yaml < command line" if run.script.resume else "grpotrainer.py < config file < --smoke < command line"  # fmt: skip
+    layers = "settings.yaml < command line" if run.script.resume is True else "grpotrainer.py < config file < --smoke < command line"  # fmt: skip
     print(f"settings ({layers}):\n" + "\n".join(lines))
     folder = Path(run.training.output_dir)
     folder.mkdir(parents=True, exist_ok=True)

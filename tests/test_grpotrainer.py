@@ -17,7 +17,10 @@ from conftest import ENV, REPO, error_line, run_script, scalars, tensorboard_log
 from transformers import AutoModelForCausalLM
 
 import evaluation
+import grpotrainer
+import loading
 import rewards
+import settings
 import smoke
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -100,28 +103,105 @@ def test_smoke_run_measures_accuracy_before_and_after(smoke_run):
     assert "before 0.0% -> after" in stdout and "the interval" in stdout
 
 
-def test_ctrl_c_saves_a_checkpoint_that_the_printed_command_continues(tmp_path):
-    out = tmp_path / "run"
+TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2")
+
+
+def signalled_run(out: Path, signals: list[int], launcher=(sys.executable,)) -> tuple[int, str]:
+    """A short --smoke run sent these signals once training is under way, each after the run said it got the one
+    before (the kernel merges a signal that is still pending with a second one): its exit status and console."""
     process = subprocess.Popen(
-        [sys.executable, str(REPO / "grpotrainer.py"), "--smoke", "--max_steps", "12", "--save_steps", "1000",
+        [*launcher, str(REPO / "grpotrainer.py"), "--smoke", "--max_steps", "6", "--save_steps", "1000",
          "--eval_strategy", "no", "--eval_before_and_after", "false", "--output_dir", str(out)],
         cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+    pending, output = list(signals), ""
     for line in process.stdout:
-        if line.startswith("step 2/12: rewards"):  # training is under way
-            process.send_signal(signal.SIGINT)
-            break
-    output = process.stdout.read()
-    assert process.wait(timeout=300) == 130, output
-    (checkpoint,) = out.glob("checkpoint-*")
-    assert 0 < int(checkpoint.name.split("-")[1]) < 12
+        output += line
+        if line.startswith("step 2/6: rewards") or "stopping after this step" in line:
+            process.send_signal(pending.pop(0))
+            if not pending:
+                break
+    output += process.stdout.read()
+    return process.wait(timeout=600), output
 
-    command = output.split("Continue with: python grpotrainer.py ")[1].split()  # verbatim, as a user pastes it
-    resumed = run_script(*command)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+def continue_as_printed(output: str) -> subprocess.CompletedProcess:
+    """The printed continue command, run verbatim (torchrun as this Python's torch.distributed.run)."""
+    launcher, command = output.split("Continue with: ")[1].splitlines()[0].split(" grpotrainer.py ")
+    launcher = (sys.executable,) if launcher == "python" else (sys.executable, "-m", "torch.distributed.run", *launcher.split()[1:])  # fmt: skip
+    return run_script(*command.split(), launcher=launcher)
+
+
+def assert_continued_to_the_last_step(out: Path, resumed: subprocess.CompletedProcess) -> None:
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "settings (settings.yaml < command line)" in resumed.stdout and "smoke=True" in resumed.stdout
-    state = json.loads((out / "checkpoint-12" / "trainer_state.json").read_text())
-    assert state["global_step"] == 12 and (out / "final" / "adapter_model.safetensors").is_file()
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [2, 4, 6]  # each step logged once
+    assert (out / "final" / "adapter_model.safetensors").is_file()
+
+
+def test_ctrl_c_saves_a_checkpoint_that_the_printed_command_continues(tmp_path):
+    out = tmp_path / "run"
+    code, output = signalled_run(out, [signal.SIGINT])
+    assert code == 130, output
+    (checkpoint,) = out.glob("checkpoint-*")
+    assert 0 < int(checkpoint.name.split("-")[1]) < 6
+    assert f"interrupted at step {checkpoint.name.split('-')[1]}; checkpoint saved in {out} (exit code 130)" in output
+    assert_continued_to_the_last_step(out, continue_as_printed(output))
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_schedulers_signal_saves_a_checkpoint_and_exits_5_for_the_printed_command(tmp_path, number):
+    out = tmp_path / "run"
+    code, output = signalled_run(out, [number])
+    assert code == grpotrainer.EXIT_PREEMPTED == 5, output
+    (checkpoint,) = out.glob("checkpoint-*")
+    step = checkpoint.name.split("-")[1]
+    assert f"{number.name}: stopping after this step and saving a checkpoint ({number.name} again to stop at once)" in output  # fmt: skip
+    assert f"stopped by {number.name} at step {step}; checkpoint saved in {out} (exit code 5). Continue with: python grpotrainer.py --resume --output_dir {out}" in output  # fmt: skip
+    assert "Traceback" not in output
+    assert_continued_to_the_last_step(out, continue_as_printed(output))
+
+
+def test_a_second_signal_stops_at_once_as_killed_by_it(tmp_path):
+    code, output = signalled_run(tmp_path / "run", [signal.SIGTERM, signal.SIGTERM])
+    assert code == -signal.SIGTERM, output  # a shell sees 128 + 15 = 143
+    assert not list((tmp_path / "run").glob("checkpoint-*")) and "checkpoint saved" not in output
+
+
+def test_under_torchrun_a_forwarded_signal_stops_every_process_at_one_step(tmp_path):
+    out = tmp_path / "run"
+    forwarding = (*TORCHRUN, "--signals_to_handle", "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1")  # as the README's sbatch
+    code, output = signalled_run(out, [signal.SIGUSR1], launcher=forwarding)
+    assert code == 1, output  # torchrun's own status after a signal; its workers exit 5
+    assert output.count("stopped by SIGUSR1 at step") == 1 and "(exit code 5)" in output
+    assert "Continue with: torchrun --nproc_per_node 2 grpotrainer.py --resume --output_dir" in output
+    (checkpoint,) = out.glob("checkpoint-*")  # one step for both processes, saved once
+    assert_continued_to_the_last_step(out, continue_as_printed(output))
+
+
+def test_resume_auto_is_one_command_for_the_first_start_and_every_restart(tmp_path):
+    out = tmp_path / "run"
+    flags = ["--smoke", "--resume", "auto", "--eval_strategy", "no", "--eval_before_and_after", "false", "--output_dir", out]  # fmt: skip
+    settings.report_settings(grpotrainer.read_settings(list(map(str, flags))), grpotrainer.CONSTANTS)  # an attempt
+    # cut short before its first checkpoint leaves its settings.yaml: the restart starts there, not in run-2
+    first = run_script(*flags, "--max_steps", 1)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert f"--resume auto: no complete checkpoint in {out}: starting the run there" in first.stdout
+    assert (out / "checkpoint-1").is_dir() and not Path(f"{out}-2").exists()
+
+    finished = run_script(*flags, "--max_steps", 1)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert finished.stdout.strip() == (
+        f"--resume: {out} is finished: {out / 'checkpoint-1'} reached max_steps 1 and {out}/final holds its adapter; "
+        f"nothing to do (raise --max_steps to train on)"
+    )
+
+    longer = run_script(*flags, "--max_steps", 2)
+    assert longer.returncode == 0, longer.stdout[-3000:] + longer.stderr[-3000:]
+    assert f"--resume: continuing from {out / 'checkpoint-1'}, step 1 of 2" in longer.stdout
+    assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
+    assert not Path(f"{out}-2").exists()
 
 
 KILLED_WHILE_SAVING = """
@@ -234,6 +314,36 @@ def test_an_output_dir_on_a_read_only_file_system_is_one_line_and_exit_2(tmp_pat
     assert result.returncode == 2, result.stderr[-3000:]
     message = f"grpotrainer.py: error: output_dir {tmp_path / 'run'} cannot be created: {tmp_path} is not writable (Read-only file system)"  # fmt: skip
     assert result.stderr.strip().splitlines()[-1] == message
+
+
+FULL_THEN_FREED = """mount -t tmpfs -o size=800k none "$0" && cd "$1" || exit 99
+kept=$2 python=$3; shift 4
+"$python" grpotrainer.py "$@" --output_dir "$0/run"; echo "exit $?"
+mount -o remount,size=16m "$0" && "$python" grpotrainer.py --resume --output_dir "$0/run"; echo "exit $?"
+cp -r "$0/run" "$kept"
+"""  # a disk with room for about two smoke checkpoints, then more room; the run is copied off it, which ends with sh
+
+
+@pytest.mark.skipif(subprocess.run([*READ_ONLY_MOUNT, "/tmp", "true"], check=False).returncode != 0, reason="no user namespaces")
+def test_a_full_disk_while_saving_is_one_line_with_the_last_checkpoint_and_resume_continues_after(tmp_path):
+    disk, kept = tmp_path / "disk", tmp_path / "kept"
+    disk.mkdir()
+    result = subprocess.run(
+        ["unshare", "--map-root-user", "--mount", "sh", "-c", FULL_THEN_FREED, disk, REPO, kept, sys.executable, "--",
+         "--smoke", "--max_steps", "4", "--save_steps", "1", "--eval_strategy", "no", "--eval_before_and_after", "false"],
+        env=ENV, capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    full, freed = result.stdout.split("exit ")[1:3]
+    assert full.startswith("6"), result.stdout[-3000:] + result.stderr[-3000:]
+    (line,) = [line for line in result.stderr.splitlines() if "disk is full" in line]
+    out = disk / "run"
+    last = line.split("the last complete checkpoint is ")[1].split(";")[0]
+    assert line.startswith(f"grpotrainer.py: error: the disk is full: saving in {out} at step ")
+    assert line.endswith(f"; free space, then continue with: python grpotrainer.py --resume --output_dir {out} (exit code 6)")  # fmt: skip
+    assert "Traceback" not in result.stderr and freed.startswith("0"), result.stderr[-3000:]
+    assert f"--resume: continuing from {last}, step " in result.stdout and last.startswith(f"{out}/checkpoint-")
+    assert loading.checkpoint_problem(kept / Path(last).name) is None  # it was complete
+    assert json.loads((kept / "checkpoint-4" / "trainer_state.json").read_text())["global_step"] == 4
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -316,3 +316,21 @@ def test_where_a_value_came_from_is_a_layer_not_a_label(tmp_path):
     assert run.sources["seed"].layer is settings.Layer.CONFIG_FILE and run.sources["seed"] == "c.yaml"
     assert run.sources["max_steps"].layer is settings.Layer.SMOKE
     assert run.sources["dtype"].layer is settings.Layer.COMMAND_LINE
+
+
+def test_resume_auto_starts_a_new_run_in_its_folder_or_continues_the_one_there(capsys, tmp_path):
+    folder = tmp_path / "run"
+    new = grpotrainer.read_settings(["--smoke", "--resume", "auto", "--lora_r", "4", "--output_dir", str(folder)])
+    assert new.script.resume == "auto" and new.training.resume_from_checkpoint is False and new.training.eval_on_start
+    settings.report_settings(new, grpotrainer.CONSTANTS)  # an attempt that saved no checkpoint: start there again
+    assert settings.claim_output_dir(str(folder), new.script.resume) == str(folder)
+    (folder / "checkpoint-2").mkdir()
+    (folder / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
+    resumed = grpotrainer.read_settings(["--resume", "auto", "--output_dir", str(folder), "--max_steps", "9"])
+    assert resumed.script.resume is True and resumed.training.resume_from_checkpoint is True
+    assert resumed.model.lora_r == 4 and resumed.sources["lora_r"] == "settings.yaml"  # the saved settings win
+    assert "--resume: lora_r is 4 in the run's settings.yaml but 8 here" in error_line(
+        capsys, ["--resume", "auto", "--output_dir", folder, "--lora_r", 8]
+    )
+    assert "--resume is true, false or auto, not 'maybe'" in error_line(capsys, ["--resume", "maybe"])
+    assert grpotrainer.read_settings(["--resume", "false"]).script.resume is False
