@@ -29,6 +29,7 @@ from transformers import TrainerCallback
 
 import console
 import evaluation
+import rewards
 from atomic import write_atomically
 
 EXIT_NON_FINITE = 3  # the doctor stopped the run: a NaN or infinite loss, gradient norm or reward
@@ -43,6 +44,12 @@ EVAL_CHANGE_HIGH = "eval_accuracy_change_ci95_high"
 
 # ---------------------------------------------------------------------------------------------------------------------
 # What the conditions read
+
+
+def reward_key(function, statistic: str = "mean") -> str:
+    """The metric TRL logs a reward function's within-step mean or std as (grpo_trainer.py:2821-2825), from its name
+    now: a reward renamed in rewards.py is watched under its new name."""
+    return f"rewards/{function.__name__}/{statistic}"
 
 
 class History:
@@ -101,8 +108,9 @@ def share_of_start(key: str, history: History, window: int) -> Reading | None:
     return Reading(f"{key} {history.latest[key]:.3g} / its start {start:.3g} =", history.latest[key] / start)
 
 
-def fall_from_best(key: str, history: History, window: int) -> Reading | None:
-    """How far the mean of the last `window` values lies below the best such mean so far."""
+def fall_from_best(function, history: History, window: int) -> Reading | None:
+    """How far the reward's mean of the last `window` values lies below the best such mean so far."""
+    key = reward_key(function)
     if key not in history.latest:
         return None
     best, recent = history.best(key, window), history.recent(key, window)
@@ -132,9 +140,9 @@ def paired_accuracy_change(history: History, window: int) -> Reading | None:
 # Guards: (history, window) -> a second fact that must hold too, in words, or None when it does not.
 
 
-def rose(keys: tuple[str, ...], by: float, history: History, window: int) -> str | None:
-    """One of the metrics' mean of the last `window` values is more than `by` above its start."""
-    for key in keys:
+def rose(functions: tuple, by: float, history: History, window: int) -> str | None:
+    """One of the rewards' mean of the last `window` values is more than `by` above its start."""
+    for key in map(reward_key, functions):
         if key in history.latest:
             start, recent = history.start(key, window), history.recent(key, window)
             if recent - start > by:
@@ -268,8 +276,6 @@ class Condition:
         return f"{reading} {self.compare} {self.threshold:g}"
 
 
-FORMAT, ANSWER_PRESENT = "rewards/format_reward/mean", "rewards/answer_present_reward/mean"
-
 CONDITIONS = (
     Condition(
         name="non_finite_loss",
@@ -320,7 +326,7 @@ CONDITIONS = (
         name="repeated_answer_line",
         measure=partial(level, "completions/clipped_ratio"),
         compare=">", threshold=0.5, window=3,
-        guard=partial(rose, (FORMAT,), 0.1),
+        guard=partial(rose, (rewards.format_reward,), 0.1),
         diagnosis="most completions run to the length limit while the format reward rises",
         advice=repeated_line_advice,
     ),
@@ -333,9 +339,9 @@ CONDITIONS = (
     ),
     Condition(
         name="reward_hacking",
-        measure=partial(fall_from_best, "rewards/correctness_reward/mean"),
+        measure=partial(fall_from_best, rewards.correctness_reward),
         compare=">", threshold=0.1, window=5,
-        guard=partial(rose, (FORMAT, ANSWER_PRESENT), 0.1),
+        guard=partial(rose, (rewards.format_reward, rewards.answer_present_reward), 0.1),
         diagnosis="the model earns the format and answer-present rewards while getting fewer answers right",
         advice=hacking_advice,
     ),

@@ -88,9 +88,12 @@ class GSM8KGRPOTrainer(GRPOTrainer):
     TensorBoard's text tab, replaces TRL's sampled evaluation by GSM8K accuracy (eval/accuracy; greedy unless told to
     sample), and keeps the adapter of the best evaluation in best/.
 
-    Written against TRL 1.16.0, it relies on GRPOTrainer's private `_calculate_rewards`, `eos_token_ids`, `_metrics`,
-    `_logs` and `_log_completion_extra`, and on transformers' `Trainer._determine_best_metric`: check them when
-    upgrading TRL or transformers."""
+    Written against TRL 1.16.0, it relies on GRPOTrainer's private `_calculate_rewards`, `_metrics`, `_logs` and
+    `_log_completion_extra`, and on transformers' `Trainer._determine_best_metric`: check them when upgrading TRL or
+    transformers. `_calculate_rewards` is overridden because it is the one place that holds every process's rewards,
+    per function, for whole groups (TRL gathers them there, grpo_trainer.py:1681), which the best and worst total
+    within a group need; a reward function sees only its own scores on its own process, and TRL has no public hook
+    after the gather."""
 
     def __init__(
         self, *args, completion_samples_every: int, eval_decoding: evaluation.Decoding, eval_settings: dict,
@@ -112,13 +115,6 @@ class GSM8KGRPOTrainer(GRPOTrainer):
         self.evaluations = {}  # global step -> metrics, so the final evaluation does not repeat the last scheduled one
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        # format_reward pays nothing for a completion cut at max_completion_length; TRL hands reward functions the ids
-        # but not the stop tokens, so flag the cut ones as TRL's completions/clipped_ratio does
-        stops = {*self.eos_token_ids, self.processing_class.pad_token_id}
-        inputs = [
-            example | {"truncated": not ids or ids[-1] not in stops}
-            for example, ids in zip(inputs, completion_ids_list, strict=True)
-        ]
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)  # gathered
         self._log_completion_extra("ground_truth", [example["ground_truth"] for example in inputs])
         weights = self.reward_weights.to(rewards_per_func.device)
@@ -339,11 +335,19 @@ def load_inputs(run: RunSettings) -> Inputs:
     return Inputs(tokenizer, model, train_set, eval_set, checkpoint)
 
 
+def stop_token_ids(model, tokenizer) -> set[int]:
+    """The ids a completion that stopped before max_completion_length ends in, as TRL 1.16 tells: the EOS ids of the
+    generation config and the tokenizer (grpo_trainer.py:409-415) and the pad token (grpo_trainer.py:2489-2490)."""
+    eos = model.generation_config.eos_token_id
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    return {*eos, tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+
+
 def build_trainer(run: RunSettings, inputs: Inputs, callbacks=()) -> GSM8KGRPOTrainer:
     """The trainer of a run; benchmarks/step_time.py builds the same one."""
     return GSM8KGRPOTrainer(
         model=inputs.model,
-        reward_funcs=[function for function, _ in rewards.REWARDS],
+        reward_funcs=rewards.reward_functions(stop_token_ids(inputs.model, inputs.tokenizer)),
         args=run.training,
         train_dataset=inputs.train_set,
         eval_dataset=inputs.eval_set,

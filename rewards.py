@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from fractions import Fraction
-from functools import lru_cache
+from functools import lru_cache, partial
 from itertools import islice
 
 # Longest number (digits and decimal point) we take seriously: longer ones are junk, and converting
@@ -485,16 +485,30 @@ def _per_completion(column: object, count: int) -> list:
     return items[:count] + [None] * (count - len(items))
 
 
-def format_reward(completions: list, truncated: list | None = None, **kwargs) -> list[float]:
-    """1.0 when the completion states its final answer once, as its last line ``#### <number>``
-    (see ``is_formatted``), and was not cut at max_completion_length.
+def _cut_at_limit(completion_ids: object, stop_token_ids: frozenset, count: int) -> list[bool]:
+    """Per completion, whether it was cut at max_completion_length: its token ids end in none of the
+    stop-token ids (an EOS or the pad token), TRL's own test for ``completions/clipped_ratio``.
 
-    ``truncated`` holds one flag per completion, true where its token ids end without an EOS token.
-    TRL passes reward functions the ids but not the EOS ids, so only the trainer can tell; a missing
-    flag reads as not truncated, and the text alone is scored.
+    ``completion_ids`` is what TRL passes every reward function, one list of ids per completion.
+    Without stop-token ids, or without a completion's ids, nothing can be told: not cut.
     """
-    flags = _per_completion(truncated, len(completions))
-    return [float(is_formatted(completion_text(c)) and not cut) for c, cut in zip(completions, flags)]
+    if not stop_token_ids:
+        return [False] * count
+    ids = _per_completion(completion_ids, count)
+    return [isinstance(i, (list, tuple)) and (not i or i[-1] not in stop_token_ids) for i in ids]
+
+
+def format_reward(
+    completions: list, completion_ids: list | None = None, stop_token_ids: frozenset = frozenset(), **kwargs
+) -> list[float]:
+    """1.0 when the completion states its final answer once, as its last line ``#### <number>``
+    (see ``is_formatted``), and was not cut at max_completion_length (see ``_cut_at_limit``).
+
+    TRL passes the ids but not the stop tokens: ``reward_functions`` binds them. Called without
+    them, the text alone is scored.
+    """
+    cut = _cut_at_limit(completion_ids, stop_token_ids, len(completions))
+    return [float(is_formatted(completion_text(c)) and not was_cut) for c, was_cut in zip(completions, cut)]
 
 
 def reasoning_reward(completions: list, **kwargs) -> list[float]:
@@ -521,7 +535,7 @@ def correctness_reward(completions: list, ground_truth: list, **kwargs) -> list[
 
 
 # The one ordered definition of the rewards and their default weights (they sum to 1, so the
-# weighted total lies in [0, 1]). The trainer passes reward_funcs=[f for f, _ in REWARDS] and
+# weighted total lies in [0, 1]). The trainer passes reward_funcs=reward_functions(...) and
 # reward_weights=[w for _, w in REWARDS]; each __name__ shows in TensorBoard as rewards/<name>/mean.
 REWARDS = (
     (format_reward, 0.2),
@@ -529,3 +543,14 @@ REWARDS = (
     (answer_present_reward, 0.2),
     (correctness_reward, 0.4),
 )
+
+
+def reward_functions(stop_token_ids) -> list:
+    """REWARDS' functions as a trainer hands them to TRL, each bound to the ids a finished completion
+    ends in, so that one that pays nothing for a cut completion tells it from ``completion_ids``.
+
+    A ``functools.partial`` keeps the function's name in TRL's metrics (TRL 1.16's ``get_callable_name``
+    unwraps it, trl/trainer/utils.py:236-244) and pickles like the function.
+    """
+    stops = frozenset(stop_token_ids)
+    return [partial(function, stop_token_ids=stops) for function, _ in REWARDS]

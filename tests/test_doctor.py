@@ -14,9 +14,11 @@ from transformers import TrainerControl, TrainerState
 import doctor
 import evaluation
 import grpotrainer
+import rewards
 from conftest import ENV, REPO, tensorboard_log
 
 NAN = math.nan
+FORMAT, ANSWER_PRESENT = doctor.reward_key(rewards.format_reward), doctor.reward_key(rewards.answer_present_reward)
 
 
 @pytest.fixture(scope="module")
@@ -97,11 +99,11 @@ def test_clipped_completions_advice_depends_on_thinking(args):
 
 
 def test_repeated_answer_line_is_truncation_while_the_format_reward_rises(args):
-    format_rising = [{"completions/clipped_ratio": 0.9, doctor.FORMAT: 0.2 * step} for step in range(6)]
+    format_rising = [{"completions/clipped_ratio": 0.9, FORMAT: 0.2 * step} for step in range(6)]
     run, events = feed(args, format_rising)
     assert events == [(3, "clipped_completions", "started"), (6, "repeated_answer_line", "started")]  # rise from 4
     assert "mask_truncated_completions false -> true" in run.events[-1].message
-    format_flat = [{"completions/clipped_ratio": 0.9, doctor.FORMAT: 0.0} for _ in range(6)]
+    format_flat = [{"completions/clipped_ratio": 0.9, FORMAT: 0.0} for _ in range(6)]
     assert feed(args, format_flat)[1] == [(3, "clipped_completions", "started")]
 
 
@@ -115,7 +117,7 @@ def test_entropy_collapse_is_a_sustained_fall_below_a_quarter_of_its_start(args)
 
 def hacking(correctness: list[float], form: list[float]) -> list[dict]:
     return [
-        {"rewards/correctness_reward/mean": c, doctor.FORMAT: f, doctor.ANSWER_PRESENT: 0.5}
+        {"rewards/correctness_reward/mean": c, FORMAT: f, ANSWER_PRESENT: 0.5}
         for c, f in zip(correctness, form, strict=True)
     ]
 
@@ -129,6 +131,20 @@ def test_reward_hacking_is_format_up_while_correctness_falls(args):
     assert "rewards/correctness_reward/mean fell from its best 0.5 to 0.2 (means of 5), by 0.3 > 0.1" in message
     assert "rewards/format_reward/mean rose from 0.1 to 0.8" in message
     assert feed(args, hacking(correctness, [0.1] * 16))[1] == []  # a fall without a format gain is something else
+
+
+def test_reward_hacking_reads_the_reward_names_from_rewards(args, monkeypatch):
+    """A reward renamed in rewards.py is logged by TRL under its new name; the rule follows it."""
+    monkeypatch.setattr(rewards.format_reward, "__name__", "final_line_reward")
+    monkeypatch.setattr(rewards.correctness_reward, "__name__", "right_answer_reward")
+    stream = [
+        {"rewards/right_answer_reward/mean": c, "rewards/final_line_reward/mean": f}
+        for c, f in zip([0.5] * 6 + [0.2] * 10, [0.1] * 6 + [0.8] * 10, strict=True)
+    ]
+    run, events = feed(args, stream)
+    assert events == [(12, "reward_hacking", "started")]
+    assert "rewards/right_answer_reward/mean fell from its best 0.5 to 0.2" in run.events[0].message
+    assert "while rewards/final_line_reward/mean rose from 0.1 to 0.8" in run.events[0].message
 
 
 def test_eval_accuracy_drop_needs_the_paired_interval_below_zero(args):

@@ -507,3 +507,6 @@ def test_the_trainer_tells_format_reward_which_completions_were_cut(tmp_path):
                                         [answer + [tokenizer.eos_token_id], answer])  # fmt: skip
     column = [function for function, _ in rewards.REWARDS].index(rewards.format_reward)
     assert scores[:, column].tolist() == [1.0, 0.0]  # finished, then cut at the length limit
+    assert trainer.reward_func_names == [function.__name__ for function, _ in rewards.REWARDS]  # the TensorBoard tags
+    stops = grpotrainer.stop_token_ids(trainer.model, tokenizer)
+    assert stops == {*trainer.eos_token_ids, tokenizer.pad_token_id}  # what TRL itself tells a cut completion by

@@ -28,6 +28,7 @@ from rewards import (
     is_formatted,
     parse_ground_truth,
     reasoning_reward,
+    reward_functions,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -333,15 +334,33 @@ def test_is_formatted_rejects_any_hash_marker_before_the_final_line(text):
     assert not is_formatted(text)
 
 
+EOS, PAD = 2, 0  # stop-token ids, as a trainer binds them
+FINISHED, CUT = [5, 6, EOS], [5, 6, 7]  # a completion's token ids (TRL's completion_ids), and one cut at the limit
+
+
 def test_format_reward_scores_a_truncated_completion_zero():
     text = WORKING + "#### 72"
-    assert format_reward([text, text], truncated=[True, False]) == [0.0, 1.0]
+    ids = [CUT, FINISHED, FINISHED[:-1] + [PAD]]  # the last one ends in padding: it finished
+    assert format_reward([text] * 3, completion_ids=ids, stop_token_ids=frozenset({EOS, PAD})) == [0.0, 1.0, 1.0]
 
 
-def test_format_reward_reads_a_missing_truncation_flag_as_not_truncated():
+def test_format_reward_reads_missing_ids_or_stop_tokens_as_not_truncated():
     text = WORKING + "#### 72"
-    assert format_reward([text, text], truncated=[True]) == [0.0, 1.0]
-    assert format_reward([text], truncated=None) == format_reward([text]) == [1.0]
+    stops = frozenset({EOS})
+    assert format_reward([text, text], completion_ids=[CUT], stop_token_ids=stops) == [0.0, 1.0]
+    assert format_reward([text], completion_ids=[CUT]) == format_reward([text]) == [1.0]  # no stop ids: the text alone
+
+
+def test_reward_functions_bind_the_stop_tokens_so_a_cut_completion_earns_no_format_reward():
+    bound = reward_functions([EOS, PAD])
+    assert [f.func for f in bound] == REWARD_FUNCS  # the same functions, in REWARDS' order
+    text = "16 - 3 - 4 = 9 eggs, 9 * 2 = 18 dollars.\n#### 18"
+    scores = {f.func.__name__: f(completions=[text, text], completion_ids=[FINISHED, CUT], ground_truth=["18"] * 2)
+              for f in bound}  # fmt: skip
+    assert scores == {
+        "format_reward": [1.0, 0.0], "reasoning_reward": [1.0, 1.0],
+        "answer_present_reward": [1.0, 1.0], "correctness_reward": [1.0, 1.0],
+    }  # fmt: skip
 
 
 REPETITIONS = {
@@ -792,6 +811,6 @@ def test_module_exposes_the_interface_the_trainer_uses():
     for name in (
         "REWARDS", "completion_text", "parse_ground_truth", "extract_answer", "answers_match",
         "is_formatted", "format_reward", "reasoning_reward", "answer_present_reward",
-        "correctness_reward",
+        "correctness_reward", "reward_functions",
     ):
         assert hasattr(rewards, name), name
