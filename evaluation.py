@@ -271,7 +271,8 @@ def describe_comparison(result: dict) -> str:
         right = round(result["before"] * result["questions"])
         return (
             f"before {result['before']:.1%} -> after {result['after']:.1%} on {result['questions']} test questions: "
-            f"every question scored the same before and after ({right} of {result['questions']} right): no change"
+            f"no change: every question scored the same before and after ({right} of {result['questions']} right), "
+            f"so the interval is the single point 0"
         )
     low, high = result["difference_ci95"]
     verdict = "a real change (the interval excludes 0)" if result["significant"] else "within noise (the interval includes 0)"  # fmt: skip

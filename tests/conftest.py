@@ -1,6 +1,7 @@
 """Shared paths and helpers: the repository, the real GSM8K beside it, running grpotrainer.py as a user does, reading
 its one-line errors and its TensorBoard log, and one smoke run shared by the tests that read what it leaves."""
 
+import inspect
 import os
 import subprocess
 import sys
@@ -71,3 +72,16 @@ def three_checkpoint_run(tmp_path_factory):
     result = run_script("--smoke", "--max_steps", 3, "--save_steps", 1, "--eval_steps", 2, "--output_dir", out)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out
+
+
+# What makes a test slow: a real run of the script (a subprocess, or a trainer built in-process) or a fixture that
+# makes one. `python -m pytest -m "not slow"` runs the rest in a few minutes; CI runs everything.
+RUNS_THE_SCRIPT = ("run_script(", "subprocess.", "signalled_run(", "build_trainer(", "load_inputs(")
+SLOW_FIXTURES = {"smoke_run", "sft_adapter", "three_checkpoint_run", "compiled_run", "continued_run", "merged"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        source = inspect.getsource(item.function)
+        if SLOW_FIXTURES & set(item.fixturenames) or any(call in source for call in RUNS_THE_SCRIPT):
+            item.add_marker(pytest.mark.slow)

@@ -32,11 +32,11 @@ def test_a_comparison_where_no_answer_changed_says_so_instead_of_a_zero_width_in
     wrong = [{"correct": False}] * 16
     line = evaluation.describe_comparison(evaluation.compare_before_after(wrong, wrong))
     assert line == (
-        "before 0.0% -> after 0.0% on 16 test questions: every question scored the same before and after "
-        "(0 of 16 right): no change"
+        "before 0.0% -> after 0.0% on 16 test questions: no change: every question scored the same before and after "
+        "(0 of 16 right), so the interval is the single point 0"
     )
     mixed = [{"correct": True}, {"correct": False}] * 8
-    assert "(8 of 16 right): no change" in evaluation.describe_comparison(evaluation.compare_before_after(mixed, mixed))
+    assert "(8 of 16 right), so the interval" in evaluation.describe_comparison(evaluation.compare_before_after(mixed, mixed))
     assert "[95% CI" in evaluation.describe_comparison(evaluation.compare_before_after(wrong, mixed))
 
 
