@@ -247,8 +247,8 @@ CORRECT = [2, 8, 8, 4]  # of 16 questions, at steps 0, 2, 4, 6: the best is step
 real = evaluation.evaluate_gsm8k
 calls = []
 
-def prepared(model, tokenizer, examples, args, decoding):  # the real generation, then prepared scores
-    rows, summary = real(model, tokenizer, examples, args, decoding)
+def prepared(model, tokenizer, examples, args, decoding, compiled=None):  # the real generation, then prepared scores
+    rows, summary = real(model, tokenizer, examples, args, decoding, compiled)
     weights = {name: value.contiguous() for name, value in get_peft_model_state_dict(model).items()}
     save_file(weights, Path(os.environ["WEIGHTS"]) / f"evaluation-{len(calls)}.safetensors")
     for i, row in enumerate(rows):
