@@ -8,7 +8,7 @@ from pathlib import Path
 from accelerate import PartialState
 
 import evaluation
-import loading
+from adapters import attach
 from atomic import write_atomically
 from settings import InputError
 
@@ -86,7 +86,7 @@ def steps_list(steps) -> str:
 def evaluate_adapter(model, adapter: Path | None, inputs, run, decoding: evaluation.Decoding):
     """One evaluation of the base model with `adapter` (None: the base itself), leaving the base as it was."""
     if adapter:
-        model = loading.attach_adapter(model, str(adapter))
+        model = attach(model, str(adapter))
     rows, summary = evaluation.evaluate_gsm8k(model, inputs.tokenizer, inputs.eval_set, run.training, decoding)
     if adapter:
         model.unload()  # peft: the LoRA layers removed, unmerged, so the next adapter attaches to the plain base

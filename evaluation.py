@@ -78,9 +78,10 @@ def generate_completions(
     )
     show_progress = PartialState().is_local_main_process
     cuda = [model.device] if model.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda, enabled=not decoding.greedy):
-        if not decoding.greedy:  # a greedy evaluation draws nothing, and must not reseed training's generator
-            torch.manual_seed(decoding.seed)
+    # Seeded inside a fork of the generator, so that the same weights give the same completions (greedy ones too: a
+    # greedy evaluation measured to differ with the generator's state) and training's random state is left as it was
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(decoding.seed)
         if args.use_transformers_continuous_batching:
             prompt_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
             outputs = model.generate_batch(prompt_ids, generation_config=config, progress_bar=show_progress)

