@@ -427,7 +427,7 @@ def evaluate_only(run: RunSettings, inputs: Inputs) -> int:
     if torch.cuda.is_available() and model.device.type == "cpu":
         model = model.to(PartialState().device)
     how = eval_decoding(run)
-    if settings.compared_run(run.script.adapter):
+    if settings.is_run_folder(run.script.adapter):
         checkpoints.compare_run(Path(run.script.adapter), model, inputs, run, how, eval_settings(run))
         return 0
     compiled = {}
@@ -452,7 +452,7 @@ def main(argv: list[str]) -> int:
         run = read_settings(argv)
         if run.script.smoke:
             smoke.build_assets()
-        if run.script.adapter and not (run.script.eval_only and settings.compared_run(run.script.adapter)):
+        if run.script.adapter and not (run.script.eval_only and settings.is_run_folder(run.script.adapter)):
             adapters.check(run)  # a run folder's checkpoints are checked by checkpoints.check_run
         if run.script.merge:
             return merge.merge_run(run)

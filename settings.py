@@ -262,11 +262,16 @@ class RunSettings(NamedTuple):
         }
 
 
+def constant_field(name: str, value, helps: dict[str, str]) -> tuple:
+    """A constant at the top of grpotrainer.py as a dataclass field: its value is its default, its comment its help."""
+    return name, (str if value is None else type(value)) | None, dataclasses.field(default=value, metadata={"help": helps.get(name, "")})  # fmt: skip
+
+
 def script_class(constants: dict, config_file: str, helps: dict[str, str]) -> type:
     """ScriptOptions plus one field per constant that GRPOConfig and ModelConfig lack, defaulting to its value: a
     constant added at the top of grpotrainer.py is a setting with no further edit. --config defaults to config_file."""
     own = [
-        (name, (str if value is None else type(value)) | None, dataclasses.field(default=value, metadata={"help": helps.get(name, "")}))  # fmt: skip
+        constant_field(name, value, helps)
         for name, value in constants.items()
         if name not in LIBRARY_FIELDS
     ]
@@ -466,7 +471,7 @@ def usual_settings(constants: dict, helps: dict[str, str], config_path: Path) ->
         config = {}
     hints = field_types([GRPOConfig, ModelConfig])
     constant_fields = [
-        (name, (str if value is None else type(value)) | None, dataclasses.field(default=value, metadata={"help": helps.get(name, "")}))  # fmt: skip
+        constant_field(name, value, helps)
         for name, value in constants.items()
     ]
     defaults = {field.name: field.default for field in dataclasses.fields(ScriptOptions)} | {"config": config_path.name}
@@ -601,7 +606,7 @@ def eval_output_dir(output_dir: str, model_name: str, adapter: str | None) -> st
     """--eval_only's results beside what they measure, never mistaken for a training run: an adapter of a run in that
     run's folder (RUN/eval-final), a run's checkpoints compared in RUN/eval-checkpoints, anything else in
     eval-<model>[-<adapter>] beside the training runs."""
-    if compared_run(adapter):
+    if is_run_folder(adapter):
         return str(Path(adapter) / "eval-checkpoints")
     if adapter and (Path(adapter).parent / "settings.yaml").is_file():
         return str(Path(adapter).parent / f"eval-{Path(adapter).name}")
@@ -609,9 +614,14 @@ def eval_output_dir(output_dir: str, model_name: str, adapter: str | None) -> st
     return str(Path(output_dir).parent / f"eval-{name}")
 
 
+def is_run_folder(adapter: str | None) -> bool:
+    """`--eval_only --adapter RUN` names a run folder, whose checkpoints it compares, when RUN holds settings.yaml."""
+    return bool(adapter) and (Path(adapter) / "settings.yaml").is_file()
+
+
 def compared_run(adapter: str | None) -> dict | None:
-    """The saved settings of the run whose checkpoints `--eval_only --adapter RUN` compares (RUN is a run folder)."""
-    return read_saved_settings(Path(adapter)) if adapter and (Path(adapter) / "settings.yaml").is_file() else None
+    """The saved settings of the run whose checkpoints `--eval_only --adapter RUN` compares, or None."""
+    return read_saved_settings(Path(adapter)) if is_run_folder(adapter) else None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
