@@ -3,6 +3,8 @@
     python grpotrainer.py                              # train with the settings below and config.yaml
     python grpotrainer.py --smoke                      # the whole pipeline offline on a tiny model, ~1 min on a CPU
     python grpotrainer.py --eval_only --adapter DIR    # greedy GSM8K test accuracy of MODEL_NAME (+ an adapter)
+    python grpotrainer.py --adapter DIR                # continue training a LoRA adapter (from SFT, DPO or a run)
+    python grpotrainer.py --eval_only --adapter RUN    # every checkpoint of a run in one table: RUN/eval-checkpoints.md
     python grpotrainer.py --merge --adapter RUN/final  # a plain 16-bit model with the adapter in RUN/final-merged
     tensorboard --logdir outputs
 
@@ -28,27 +30,42 @@ CONFIG_FILE = "config.yaml"  # read from beside this script unless --config name
 # Every constant above is the setting of the same name in lower case, except CONFIG_FILE, which says where the rest are.
 CONSTANTS = {name.lower(): value for name, value in dict(globals()).items() if name.isupper() and name != "CONFIG_FILE"}
 
+import errno
 import os
+import shutil
 import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import NamedTuple
+
+import versions
+
+if __name__ == "__main__" and (broken := versions.known_bad(versions.installed())):  # before they fail to import
+    print(f"grpotrainer.py: error: {broken}", file=sys.stderr)
+    sys.exit(2)
+
+import settings  # first: it quiets a warning that bitsandbytes prints when it is imported
 
 import torch
 from accelerate import PartialState
 from datasets import Dataset
+from tqdm.auto import tqdm
 from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 from trl import GRPOTrainer, get_peft_config
 from trl.models import unwrap_model_for_generation
 
+import adapters
+import checkpoints
 import console
+import decoding
 import doctor
 import evaluation
 import loading
 import merge
 import rewards
-import settings
 import smoke
+from atomic import replace_folder
 from settings import InputError, RunSettings
 
 PROMPT = (
@@ -58,7 +75,8 @@ PROMPT = (
 
 
 def read_settings(argv: list[str]) -> RunSettings:
-    return settings.parse_settings(argv, CONSTANTS, CONFIG_FILE, Path(__file__).resolve().parent)
+    script = Path(__file__).resolve()
+    return settings.parse_settings(argv, CONSTANTS, CONFIG_FILE, script.parent, settings.constant_comments(script))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -67,19 +85,33 @@ def read_settings(argv: list[str]) -> RunSettings:
 
 class GSM8KGRPOTrainer(GRPOTrainer):
     """Adds rewards/mean|best|worst and objective/kl|entropy to TRL's metrics, samples of completions to
-    TensorBoard's text tab, and replaces TRL's sampled evaluation by greedy GSM8K accuracy (eval/accuracy).
+    TensorBoard's text tab, replaces TRL's sampled evaluation by GSM8K accuracy (eval/accuracy; greedy unless told to
+    sample), and keeps the adapter of the best evaluation in best/.
 
     Written against TRL 1.16.0, it relies on GRPOTrainer's private `_calculate_rewards`, `_metrics`, `_logs` and
-    `_log_completion_extra`: check them when upgrading TRL. `_calculate_rewards` is overridden because it is the one
-    place that holds every process's rewards, per function, for whole groups (TRL gathers them there,
-    grpo_trainer.py:1681), which the best and worst total within a group need; a reward function sees only its
-    own scores on its own process, and TRL has no public hook after the gather."""
+    `_log_completion_extra`, and on transformers' `Trainer._determine_best_metric`: check them when upgrading TRL or
+    transformers. `_calculate_rewards` is overridden because it is the one place that holds every process's rewards,
+    per function, for whole groups (TRL gathers them there, grpo_trainer.py:1681), which the best and worst total
+    within a group need; a reward function sees only its own scores on its own process, and TRL has no public hook
+    after the gather."""
 
-    def __init__(self, *args, completion_samples_every: int, **kwargs):
+    def __init__(
+        self, *args, completion_samples_every: int, eval_decoding: evaluation.Decoding, eval_settings: dict,
+        compile_decoding: bool = False, **kwargs,
+    ):  # fmt: skip
         super().__init__(*args, **kwargs)
         self.remove_callback(PrinterCallback if self.args.disable_tqdm else ProgressCallback)
         self.add_callback(console.StepLines)
         self.completion_samples_every = completion_samples_every
+        self.decoding = eval_decoding
+        self.eval_settings = eval_settings  # what an evaluation's answers depend on, so that a later one can reuse it
+        decoding.keep_one_input_grad_hook(self.model)  # eager decoding gains too: no hook per generation
+        self.compiled = {}  # GenerationConfig fields of compiled decoding, for training and evaluation alike
+        if compile_decoding:
+            prompt_sets = [self.train_dataset, self.eval_dataset]
+            self.compiled = decoding.generation_options(self.model, self.processing_class, prompt_sets, self.args)
+            # TRL builds its GenerationConfig with disable_compile=True (grpo_trainer.py:1173); these lift it
+            self.generation_config.update(**self.compiled)
         self.evaluations = {}  # global step -> metrics, so the final evaluation does not repeat the last scheduled one
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -109,54 +141,152 @@ class GSM8KGRPOTrainer(GRPOTrainer):
             writer.add_text("train/completions", console.completion_samples(self._logs), self.state.global_step)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
-        """Greedy accuracy on the fixed test slice; TRL's own evaluation would sample at training temperature."""
+        """Accuracy on the fixed test slice, greedy unless told to sample; TRL's own evaluation would sample at
+        training temperature."""
         step = self.state.global_step
         if step in self.evaluations:
             return self.evaluations[step]
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as model:
             examples = eval_dataset if eval_dataset is not None else self.eval_dataset
-            rows, summary = evaluation.evaluate_gsm8k(model, self.processing_class, examples, self.args)
+            rows, summary = evaluation.evaluate_gsm8k(
+                model, self.processing_class, examples, self.args, self.decoding, self.compiled
+            )
+        summary |= {"step": step, "settings": self.eval_settings}
         if self.accelerator.is_main_process:
-            evaluation.write_eval_files(Path(self.args.output_dir) / "eval" / f"step-{step}", rows, summary)
+            evaluation.write_eval_files(evaluation.step_folder(Path(self.args.output_dir), step), rows, summary)
             print(f"\nstep {step}: {evaluation.describe_accuracy(summary)}")
-        metrics = {
-            f"{metric_key_prefix}_{name}": summary[name] for name in ("accuracy", "format_rate", "truncated_rate")
-        }
+        metrics = {f"{metric_key_prefix}_{name}": summary[name] for name in evaluation.logged_figures(summary)}
         self.model.eval()  # so that GRPOTrainer.log files these under eval/, not train/
         self.log(metrics)
         self.model.train()
+        # True while the Trainer runs an eval_steps evaluation, which it judges itself once this returns
+        # (transformers trainer.py:2269-2271); on_evaluate clears it (trainer_callback.py:523)
+        scheduled = self.control.should_evaluate
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         self.evaluations[step] = metrics
+        if not scheduled:  # the one before training (eval_on_start) and the one after it
+            self._determine_best_metric(metrics, trial=None)
         return metrics
+
+    def _determine_best_metric(self, metrics: dict, trial) -> bool:
+        """The Trainer's judgement under metric_for_best_model and greater_is_better (strictly better, so a tie keeps
+        the earlier step; transformers trainer.py:3424-3460). It runs between an evaluation and that step's checkpoint
+        with no callback in between, so a new best's adapter is saved here, to best/, which rotation never deletes."""
+        is_new_best = super()._determine_best_metric(metrics, trial)
+        if is_new_best:
+            self.save_best()
+        return is_new_best
+
+    def save_best(self) -> None:
+        best = Path(self.args.output_dir) / "best"
+        staging = best.with_name(".best.saving")
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)  # what a crash mid-save left
+        self.save_model(str(staging))
+        if self.args.should_save:
+            self.state.save_to_json(str(staging / "trainer_state.json"))  # its step, as in every checkpoint
+            replace_folder(staging, best)
+        self.accelerator.wait_for_everyone()
+
+
+# A stop by signal, after a step and with a checkpoint. Ctrl-C keeps the shell's 130; SIGTERM (schedulers, spot
+# instances) and SIGUSR1 (SLURM's --signal) exit EXIT_PREEMPTED, which no failure and no kill uses: "resume me".
+# A second signal stops at once, and the process then ends as killed by that signal (exit status 128 + its number).
+EXIT_PREEMPTED = 5
+STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM] + [signal.SIGUSR1] * hasattr(signal, "SIGUSR1")  # no SIGUSR1 on Windows
 
 
 class SaveOnInterrupt(TrainerCallback):
-    """Ctrl-C ends training after the current step with a checkpoint that --resume continues from; a second Ctrl-C
-    stops at once. Every process stops at the same step, so a multi-process save cannot hang."""
+    """Ctrl-C, SIGTERM or SIGUSR1 ends training after the current step with a checkpoint that --resume continues from;
+    a second one stops at once. Every process stops at the same step, so a multi-process save cannot hang."""
 
     def __init__(self):
-        self.interrupted = False
+        self.signal = 0  # the number of the first stop signal, 0 while none came
+        self.previous_handlers = {}
+
+    @property
+    def interrupted(self) -> bool:
+        return self.signal != 0
 
     def on_train_begin(self, args, state, control, **kwargs):
-        signal.signal(signal.SIGINT, self.request_stop)
+        self.previous_handlers = {number: signal.signal(number, self.request_stop) for number in STOP_SIGNALS}
 
     def request_stop(self, signum, frame):
         if self.interrupted:
-            raise KeyboardInterrupt
-        self.interrupted = True
-        print("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to stop at once)")
+            stop_at_once(signum)
+        self.signal = signum
+        if PartialState().is_main_process:
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            message = f"{name}: stopping after this step and saving a checkpoint ({name} again to stop at once)"
+            print(f"\n{message}", flush=True)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            flag = torch.tensor([float(self.interrupted)], device=PartialState().device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            self.interrupted = bool(flag.item())
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # any process's signal stops all
+            number = torch.tensor([float(self.signal)], device=PartialState().device)
+            torch.distributed.all_reduce(number, op=torch.distributed.ReduceOp.MAX)
+            self.signal = int(number.item())
         if self.interrupted:
             control.should_save = True
             control.should_training_stop = True
 
     def on_train_end(self, args, state, control, **kwargs):
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for number, handler in self.previous_handlers.items():
+            signal.signal(number, handler)
+
+    def exit_code(self) -> int:
+        return 128 + signal.SIGINT if self.signal == signal.SIGINT else EXIT_PREEMPTED
+
+    def stopped_line(self, step: int, output_dir: str) -> str:
+        cause = "interrupted" if self.signal == signal.SIGINT else f"stopped by {signal.Signals(self.signal).name}"
+        return (
+            f"{cause} at step {step}; checkpoint saved in {output_dir} (exit code {self.exit_code()}). "
+            f"Continue with: {launcher()} grpotrainer.py --resume --output_dir {output_dir}"
+        )
+
+
+def stop_at_once(signum: int) -> None:
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)  # so the exit status says what it was: killed by this signal, nothing saved
+
+
+def launcher() -> str:
+    """How this run was started, for the continue command: torchrun sets WORLD_SIZE and LOCAL_WORLD_SIZE."""
+    processes, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if processes == 1:
+        return "python"
+    return f"torchrun --nnodes {processes // local} --nproc_per_node {local}" if processes > local else f"torchrun --nproc_per_node {local}"  # fmt: skip
+
+
+# A full disk while a checkpoint or the final adapter is saved: one line instead of torch.save's two tracebacks. What
+# was saved before is whole (loading.resume_checkpoint skips the cut checkpoint), so --resume continues once there is
+# space again.
+EXIT_DISK_FULL = 6
+FULL_BELOW = 16 * 2**20  # bytes free after a failed save that mean the disk is full (a write fails with ~0 left)
+
+
+def disk_full(error: BaseException, folder: str) -> bool:
+    """Whether a save failed for want of space. An OSError says ENOSPC; torch.save's C++ writer raises a RuntimeError
+    with no errno ('unexpected pos', 'iostream error'), so for an error raised while saving the free space decides."""
+    causes = [error, error.__context__, error.__cause__]
+    if any(isinstance(cause, OSError) and cause.errno == errno.ENOSPC for cause in causes):
+        return True
+    frames = traceback.extract_tb(error.__traceback__)
+    saving = any(frame.name in ("_save_checkpoint", "save_model") for frame in frames)
+    return saving and shutil.disk_usage(folder).free < FULL_BELOW
+
+
+def disk_full_line(output_dir: str, step: int) -> str:
+    try:
+        last = loading.resume_checkpoint(output_dir)[0]
+        then = f"free space, then continue with: {launcher()} grpotrainer.py --resume --output_dir {output_dir}"
+    except InputError:
+        last, then = "none", "free space, then start the run again"
+    return (
+        f"grpotrainer.py: error: the disk is full: saving in {output_dir} at step {step} failed; the last complete "
+        f"checkpoint is {last}; {then} (exit code {EXIT_DISK_FULL})"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -175,12 +305,13 @@ def load_inputs(run: RunSettings) -> Inputs:
     """Everything the run reads; all that can be wrong with it fails here, before an output folder exists."""
     script, training = run.script, run.training
     checkpoint = None
-    if script.resume:
+    if script.resume is True:
         checkpoint, skipped = loading.resume_checkpoint(training.output_dir)
-        for line in skipped if PartialState().is_main_process else ():
+        for line in [*skipped, loading.resume_line(checkpoint, training)] if PartialState().is_main_process else ():
             print(line)
-    if script.adapter:
-        loading.check_adapter(script.adapter)
+    compared = settings.compared_run(script.adapter) if script.eval_only else None
+    if compared:
+        checkpoints.check_run(compared, Path(script.adapter), script.model_name)
     loading.work_offline_unless_the_hub_answers([script.model_name, script.dataset_name])
     tokenizer = loading.load_tokenizer(run.model, training)
     loading.check_lora_targets(run.model, training)
@@ -195,8 +326,12 @@ def load_inputs(run: RunSettings) -> Inputs:
             train = loading.load_split(script.dataset_name, script.dataset_config, "train", *data_options)
             train_set = loading.to_chat_prompts(train, PROMPT)
     model = loading.load_model(run.model, training)
-    if script.adapter:
-        model = loading.attach_adapter(model, script.adapter)
+    if script.adapter and not compared:  # a run's checkpoints are attached one at a time
+        model = (
+            adapters.attach(model, script.adapter)
+            if script.eval_only
+            else adapters.attach_for_training(model, script.adapter, script.model_name)
+        )
     return Inputs(tokenizer, model, train_set, eval_set, checkpoint)
 
 
@@ -217,10 +352,35 @@ def build_trainer(run: RunSettings, inputs: Inputs, callbacks=()) -> GSM8KGRPOTr
         train_dataset=inputs.train_set,
         eval_dataset=inputs.eval_set,
         processing_class=inputs.tokenizer,
-        peft_config=get_peft_config(run.model),
-        callbacks=list(callbacks),
+        # An adapter to continue comes loaded: TRL refuses a PeftModel with a peft_config, and given none copies the
+        # adapter into a frozen "ref" adapter, the KL reference (trl/trainer/grpo_trainer.py lines 457 and 501)
+        peft_config=None if run.script.adapter else get_peft_config(run.model),
+        callbacks=[adapters.RequireTrainableParameters(), *callbacks],
         completion_samples_every=run.script.completion_samples_every,
+        eval_decoding=eval_decoding(run),
+        eval_settings=eval_settings(run),
+        compile_decoding=run.script.compile_decoding,
     )
+
+
+def eval_decoding(run: RunSettings) -> evaluation.Decoding:
+    script = run.script
+    return evaluation.choose_decoding(
+        script.eval_samples_per_question, script.eval_temperature, script.eval_top_p, script.enable_thinking,
+        run.training.seed,
+    )  # fmt: skip
+
+
+def eval_settings(run: RunSettings) -> dict:
+    """Besides the questions and the decoding, what an evaluation's answers depend on: an evaluation on disk with the
+    same ones is not generated again (checkpoints.py)."""
+    return {
+        "model_name": run.script.model_name,
+        "load_in_4bit": run.model.load_in_4bit,
+        "dtype": run.model.dtype,
+        "max_completion_length": run.training.max_completion_length,
+        "chat_template_kwargs": run.training.chat_template_kwargs,
+    }
 
 
 def train(run: RunSettings, inputs: Inputs) -> int:
@@ -231,25 +391,29 @@ def train(run: RunSettings, inputs: Inputs) -> int:
     main_process = trainer.accelerator.is_main_process
     if main_process:
         print(f"TensorBoard: tensorboard --logdir {output_dir}")
+    final = Path(output_dir) / "final"
     try:
         trainer.train(resume_from_checkpoint=inputs.checkpoint)
+        if not interrupt.interrupted and not (watcher is not None and watcher.exit_code):
+            trainer.save_model(str(final))
     except torch.OutOfMemoryError:
         if watcher is None:
             raise
         doctor.report_out_of_memory(run.training, run.model, trainer.state.global_step)
         return doctor.EXIT_OUT_OF_MEMORY
+    except (OSError, RuntimeError) as error:  # after OutOfMemoryError, a RuntimeError too
+        if not disk_full(error, output_dir):
+            raise
+        tqdm.write(disk_full_line(output_dir, trainer.state.global_step), file=sys.stderr)  # not after the bar
+        return EXIT_DISK_FULL
     if watcher is not None and watcher.exit_code:
         return watcher.exit_code
     if interrupt.interrupted:
         if main_process:
-            print(
-                f"interrupted at step {trainer.state.global_step}; checkpoint saved in {output_dir}. "
-                f"Continue with: python grpotrainer.py --resume --output_dir {output_dir}"
-            )
-        return 130
-    final = Path(output_dir) / "final"
-    trainer.save_model(str(final))
+            print(interrupt.stopped_line(trainer.state.global_step, output_dir))
+        return interrupt.exit_code()
     if main_process:
+        trainer.state.save_to_json(str(final / "trainer_state.json"))  # its step, as in every checkpoint
         print(f"final LoRA adapter and tokenizer: {final}")
     if run.script.eval_before_and_after:
         trainer.evaluate()
@@ -262,8 +426,17 @@ def evaluate_only(run: RunSettings, inputs: Inputs) -> int:
     model = inputs.model  # 4-bit weights load onto the GPU; the Trainer places a 16-bit model, and here nothing else
     if torch.cuda.is_available() and model.device.type == "cpu":
         model = model.to(PartialState().device)
-    rows, summary = evaluation.evaluate_gsm8k(model, inputs.tokenizer, inputs.eval_set, run.training)
-    summary |= {"model": run.script.model_name, "adapter": run.script.adapter}
+    how = eval_decoding(run)
+    if settings.is_run_folder(run.script.adapter):
+        checkpoints.compare_run(Path(run.script.adapter), model, inputs, run, how, eval_settings(run))
+        return 0
+    compiled = {}
+    if run.script.compile_decoding:
+        compiled = decoding.generation_options(model, inputs.tokenizer, [inputs.eval_set], run.training)
+    rows, summary = evaluation.evaluate_gsm8k(model, inputs.tokenizer, inputs.eval_set, run.training, how, compiled)
+    adapter = run.script.adapter
+    step = evaluation.adapter_step(Path(adapter)) if adapter else 0
+    summary |= {"model": run.script.model_name, "adapter": adapter, "step": step, "settings": eval_settings(run)}
     if PartialState().is_main_process:
         output_dir = run.training.output_dir
         evaluation.write_eval_files(Path(output_dir), rows, summary)
@@ -272,22 +445,37 @@ def evaluate_only(run: RunSettings, inputs: Inputs) -> int:
 
 
 def main(argv: list[str]) -> int:
+    if argv == ["--version"]:
+        print(versions.table(versions.installed(), versions.tested()))
+        return 0
     try:
         run = read_settings(argv)
         if run.script.smoke:
             smoke.build_assets()
+        if run.script.adapter and not (run.script.eval_only and settings.is_run_folder(run.script.adapter)):
+            adapters.check(run)  # a run folder's checkpoints are checked by checkpoints.check_run
         if run.script.merge:
             return merge.merge_run(run)
         settings.check_output_dir(run.training.output_dir)
+        if run.script.resume is True and (finished := loading.finished_line(run.training)):
+            if PartialState().is_main_process:
+                print(finished)
+            return 0
+        if run.script.resume == "auto":
+            loading.check_auto_start(Path(run.training.output_dir))
         inputs = load_inputs(run)
         state = PartialState()
         requested = run.training.output_dir
         run.training.output_dir = settings.claim_output_dir(requested, run.script.resume)
         state.wait_for_everyone()  # every process chose the folder before the main process creates it
         if state.is_main_process:
+            if run.script.resume == "auto":
+                print(f"--resume auto: no complete checkpoint in {requested}: starting the run there")
             if run.training.output_dir != requested:
                 print(f"{requested} holds an earlier run, kept as it is: this run writes to {run.training.output_dir}")
             settings.report_settings(run, CONSTANTS)
+            for line in versions.mismatch_lines(versions.installed(), versions.tested()):
+                print(line)
             if not torch.cuda.is_available() and not run.script.smoke:
                 print("warning: no CUDA GPU: running on the CPU, where a full-size model is very slow")
         exit_code = evaluate_only(run, inputs) if run.script.eval_only else train(run, inputs)

@@ -1,9 +1,8 @@
-"""Loading: GSM8K splits as chat prompts (from the hub, a folder or one file), the tokenizer, and the 4-bit model with
-an optional LoRA adapter. What cannot be loaded is an InputError: one line and exit code 2."""
+"""Loading: GSM8K splits as chat prompts (from the hub, a folder or one file), the tokenizer, and the 4-bit model (an
+existing adapter on it: adapters.py). What cannot be loaded is an InputError: one line and exit code 2."""
 
 import importlib.util
 import json
-import logging
 import socket
 import zipfile
 from pathlib import Path
@@ -19,10 +18,6 @@ from trl import GRPOConfig, ModelConfig, get_quantization_config
 
 import rewards
 from settings import InputError
-
-# bitsandbytes warns at import that a kernel for its CPU inference repack is missing; keep_cpu_4bit_weights_trainable
-# turns that repack off, so the warning is noise that would stand beside every one-line error.
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The hub: asked only when a name is no local path, and never waited for
@@ -95,16 +90,38 @@ def held_out(dataset: Dataset, split: str, holdout: int, name: str) -> Dataset:
 def parse_gold_answers(dataset: Dataset, name: str, drop_unparsable: bool) -> Dataset:
     """Adds the ground_truth column the rewards read. A gold answer with no number would score every completion 0:
     an error, unless the run asks to drop such rows, which it then counts."""
-    dataset = dataset.map(lambda example: {"ground_truth": rewards.parse_ground_truth(example["answer"])})
+    check_answer_types(dataset, name)
+    dataset = dataset.map(lambda example: {"ground_truth": rewards.parse_ground_truth(answer_text(example["answer"]))})
     bad = [i for i, truth in enumerate(dataset["ground_truth"]) if not truth]
     if bad and not drop_unparsable:
         raise InputError(
             f"{len(bad)} of {len(dataset)} rows of dataset {name} have a gold answer with no number, the first "
-            f"(row {bad[0] + 1}): {dataset[bad[0]]['answer'][-80:]!r}; fix them, or set --drop_unparsable_answers true"
+            f"(row {bad[0] + 1}): {answer_text(dataset[bad[0]]['answer'])[-80:]!r}; fix them, or set "
+            f"--drop_unparsable_answers true"
         )
     if bad and PartialState().is_main_process:
         print(f"dataset {name}: dropped {len(bad)} of {len(dataset)} rows whose gold answer has no number")
     return dataset.select(sorted(set(range(len(dataset))) - set(bad))) if bad else dataset
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def answer_text(answer) -> str:
+    """A gold answer as GSM8K's text: a JSON number (people's own data often has one) is the answer itself."""
+    return str(answer) if is_number(answer) else answer
+
+
+def check_answer_types(dataset: Dataset, name: str) -> None:
+    """A gold answer is text or a number; anything else (null, a list, true) is an error that names its row. The
+    datasets library keeps a column of mixed JSON types as they are (its Json feature), so each row is checked."""
+    for row, answer in enumerate(dataset["answer"], 1):
+        if not isinstance(answer, str) and not is_number(answer):
+            raise InputError(
+                f"dataset {name} row {row}: the gold answer is {json.dumps(answer)[:80]}, a {type(answer).__name__}: "
+                f"it must be text ending in '#### <number>' or a number"
+            )
 
 
 def load_local(files: list[Path]) -> Dataset:
@@ -177,20 +194,26 @@ def load_tokenizer(model_args: ModelConfig, training_args: GRPOConfig):
         raise model_load_error(name, error) from None
 
 
-def check_lora_targets(model_args: ModelConfig, training_args: GRPOConfig) -> None:
-    """LoRA targets that name no module would fail only once the weights have loaded: check them against the model
-    built from its config on the meta device, which takes no memory and no time."""
-    targets = model_args.lora_target_modules
-    targets = [targets] if isinstance(targets, str) else targets or []
-    if not model_args.use_peft or targets in ([], ["all-linear"]):
-        return
+def meta_model(model_args: ModelConfig, training_args: GRPOConfig):
+    """The model built from its config on the meta device: its modules and shapes, without memory or time."""
     name = model_args.model_name_or_path
     try:
         config = AutoConfig.from_pretrained(name, revision=model_args.model_revision, trust_remote_code=training_args.trust_remote_code)  # fmt: skip
     except (OSError, ValueError) as error:
         raise model_load_error(name, error) from None
     with init_empty_weights():
-        modules = dict(AutoModelForCausalLM.from_config(config, trust_remote_code=training_args.trust_remote_code).named_modules())  # fmt: skip
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=training_args.trust_remote_code)
+
+
+def check_lora_targets(model_args: ModelConfig, training_args: GRPOConfig) -> None:
+    """LoRA targets that name no module would fail only once the weights have loaded: check them against the model
+    built from its config on the meta device."""
+    targets = model_args.lora_target_modules
+    targets = [targets] if isinstance(targets, str) else targets or []
+    if not model_args.use_peft or targets in ([], ["all-linear"]):
+        return
+    name = model_args.model_name_or_path
+    modules = dict(meta_model(model_args, training_args).named_modules())
     linear = sorted({module_name.rsplit(".", 1)[-1] for module_name, module in modules.items() if isinstance(module, torch.nn.Linear)})  # fmt: skip
     for target in targets:
         if not any(module_name == target or module_name.endswith("." + target) for module_name in modules):
@@ -227,20 +250,6 @@ def keep_cpu_4bit_weights_trainable(model) -> None:
     for module in model.modules():
         if isinstance(module, Linear4bit):
             module.support_avx512bf16_for_cpu = False
-
-
-def check_adapter(adapter: str) -> None:
-    if not (Path(adapter) / "adapter_config.json").is_file():
-        raise InputError(f"adapter folder {adapter} does not exist or holds no adapter_config.json")
-
-
-def attach_adapter(model, adapter: str):
-    from peft import PeftModel
-
-    try:
-        return PeftModel.from_pretrained(model, adapter)
-    except (RuntimeError, ValueError, KeyError) as error:
-        raise InputError(f"adapter {adapter} does not fit the model: {str(error).strip().splitlines()[-1]}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -288,3 +297,53 @@ def safetensors_is_whole(file: Path) -> bool:
     except (ValueError, KeyError, TypeError):
         return False
     return file.stat().st_size == 8 + length + end
+
+
+def trainer_state(checkpoint: str) -> dict:
+    return json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+
+
+def resume_line(checkpoint: str, training_args: GRPOConfig) -> str:
+    step = trainer_state(checkpoint)["global_step"]
+    goal = f"of {training_args.max_steps}" if training_args.max_steps > 0 else f"of {training_args.num_train_epochs:g} epochs"  # fmt: skip
+    return f"--resume: continuing from {checkpoint}, step {step} {goal}"
+
+
+def holds_a_checkpoint(folder: Path) -> bool:
+    """Whether --resume auto continues the run in folder: its settings.yaml and a complete checkpoint are there."""
+    if not (folder / "settings.yaml").is_file():
+        return False
+    try:
+        resume_checkpoint(str(folder))
+    except InputError:
+        return False
+    return True
+
+
+def check_auto_start(folder: Path) -> None:
+    """--resume auto starts the run in a folder without a complete checkpoint: one that is empty or holds an attempt
+    of it cut short before its first checkpoint (its settings.yaml, logs), never another run's results or files."""
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    if not (folder / "settings.yaml").is_file():
+        raise InputError(f"--resume auto: {folder} holds files but no run of this script (no settings.yaml): name another --output_dir")  # fmt: skip
+    if (folder / "final").exists():
+        raise InputError(f"--resume auto: {folder} holds a finished run (final/) but no checkpoint to continue from: name another --output_dir")  # fmt: skip
+
+
+def finished_line(training_args: GRPOConfig) -> str | None:
+    """What --resume says, instead of training no step and overwriting final/, when the run has nothing left to do:
+    its newest complete checkpoint reached max_steps (or num_train_epochs) and its final adapter is saved."""
+    output_dir = training_args.output_dir
+    checkpoint = resume_checkpoint(output_dir)[0]
+    state = trainer_state(checkpoint)
+    if training_args.max_steps > 0:
+        done, goal = state["global_step"] >= training_args.max_steps, f"max_steps {training_args.max_steps}"
+    else:
+        done, goal = state["epoch"] >= training_args.num_train_epochs, f"num_train_epochs {training_args.num_train_epochs:g}"  # fmt: skip
+    if not done or not (Path(output_dir) / "final" / "adapter_config.json").is_file():
+        return None
+    return (
+        f"--resume: {output_dir} is finished: {checkpoint} reached {goal} and {output_dir}/final holds its adapter; "
+        f"nothing to do (raise --max_steps to train on)"
+    )

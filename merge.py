@@ -6,7 +6,6 @@ warns about it). Here the base loads again from its original 16-bit weights, in 
 and the adapter is added to those.
 """
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -15,8 +14,9 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+import adapters
 import loading
-from settings import InputError, RunSettings
+from settings import InputError, Layer, RunSettings, Source
 
 
 def merged_dir(adapter: Path) -> Path:
@@ -37,34 +37,20 @@ def check_request(adapter: str | None) -> Path:
     return Path(adapter)
 
 
-def check_paths(adapter: Path, model_name: str) -> Path:
-    """Everything about the input that can be checked without loading a model; returns the folder to write."""
-    loading.check_adapter(str(adapter))
-    trained_on = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if trained_on and not same_model(trained_on, model_name):
-        raise InputError(
-            f"adapter {adapter} is an adapter for another base: it was trained on '{trained_on}', not on "
-            f"'{model_name}' (merge it with --model_name {trained_on})"
-        )
+def check_paths(adapter: Path) -> Path:
+    """What the files show without loading a model, besides the adapter's own checks (adapters.check); returns the
+    folder to write."""
     out = merged_dir(adapter)
     if out.exists():
         raise InputError(f"{out} already exists: a merged model is never overwritten (move or delete it first)")
     return out
 
 
-def same_model(recorded: str, given: str) -> bool:
-    """A local folder may be named by different paths; a hub id only by itself."""
-    paths = [Path(name).expanduser() for name in (recorded, given)]
-    if all(path.exists() for path in paths):
-        return paths[0].resolve() == paths[1].resolve()
-    return recorded == given
-
-
-def merge_dtype(adapter: Path, dtype: str | None, dtype_source: str | None) -> tuple[str | None, str]:
+def merge_dtype(adapter: Path, dtype: str | None, dtype_source: Source | None) -> tuple[str | None, str]:
     """The precision to merge and save in, and why: --dtype if given, else the one the run computed in (from the
     run's settings.yaml beside the adapter: bf16 for a GPU run, float32 for a CPU run), else this machine's default
     (bf16 from config.yaml on a GPU, float32 without one)."""
-    if dtype_source == "command line":
+    if dtype_source is not None and dtype_source.layer is Layer.COMMAND_LINE:
         return dtype, "as --dtype asks"
     run_settings = adapter.parent / "settings.yaml"
     if run_settings.is_file():
@@ -87,16 +73,7 @@ def load_base(model_name: str, dtype: str | None, revision: str | None, trust_re
 
 def merge_adapter(base, adapter: Path):
     """The base with the adapter's low-rank update added to its weights; the adapter's layers are gone."""
-    from peft import PeftModel
-
-    try:
-        model = PeftModel.from_pretrained(base, adapter)
-    except (RuntimeError, ValueError, KeyError) as error:  # size mismatches, target modules the base lacks
-        raise InputError(
-            f"adapter {adapter} is an adapter for another base: it does not fit the model: "
-            f"{' '.join(str(error).strip().splitlines()[-1].split())}"  # torch indents it with a tab
-        ) from None
-    return model.merge_and_unload()
+    return adapters.attach(base, str(adapter)).merge_and_unload()
 
 
 def save_merged(model, tokenizer, out: Path) -> None:
@@ -123,7 +100,7 @@ def merge_run(run: RunSettings) -> int:
     """--merge: check everything cheap, then load, merge, save and say how to use the result."""
     adapter = check_request(run.script.adapter)
     model_name, revision = run.model.model_name_or_path, run.model.model_revision
-    out = check_paths(adapter, model_name)
+    out = check_paths(adapter)
     dtype, why = merge_dtype(adapter, run.model.dtype, run.sources.get("dtype"))
     trust_remote_code = run.training.trust_remote_code
     tokenizer = load_run_tokenizer(adapter, model_name, revision, trust_remote_code)

@@ -5,6 +5,7 @@
     python benchmarks/step_time.py --model-size 8b --variants default,sdpa,flash-attn,bf16-lora,vllm-colocate \\
         --json runs/step_time-8b.json                                         # needs a CUDA GPU
     python benchmarks/step_time.py --model-size 0.6b -- --max_completion_length 128   # after --: grpotrainer.py flags
+    python benchmarks/step_time.py --model-size 8b --variants default,compiled,bf16-lora,bf16-compiled
 
 Each variant runs in its own subprocess (a fresh memory peak) through grpotrainer.py's settings, data, model loading
 and GSM8KGRPOTrainer, for --steps optimizer steps; the first --warmup steps are left out. `smoke` is grpotrainer.py's
@@ -17,7 +18,12 @@ optimizer; not data loading or logging). generation % = share of the measured st
 log-prob % = in _get_per_token_logps_and_entropies without gradients (old-policy and reference passes); update % = the
 rest (the loss's own forward, backward, optimizer, rewards). gen tok/s = completion tokens that _generate returned (up
 to and including the end-of-sequence token, this process) per second of generation time. peak GPU =
-torch.cuda.max_memory_allocated; peak host = the process's peak resident set size. --json adds every step's timings
+torch.cuda.max_memory_allocated; peak host = the process's peak resident set size. ms/decode step = generation time
+over the decoding steps the batches took (a batch decodes together; the prefill is included); x bound = that over the
+memory-bandwidth bound: the weights a step reads (every parameter as stored, but an untied input embedding) plus the
+KV cache so far, at the detected GPU's data-sheet bandwidth (GPU_BANDWIDTH_TBS, named in the header). compiles after
+warm-up = graphs torch.compile made in the measured steps (torch._dynamo's counters): 0 when compiled decoding reuses
+its graphs. --json adds every step's timings
 and each variant's full settings. A variant that cannot run here (no CUDA, a package missing) or fails is a row saying
 why.
 
@@ -41,6 +47,7 @@ from pathlib import Path
 
 import torch
 import trl
+from torch._dynamo.utils import counters
 import transformers
 from transformers import AutoTokenizer, GenerationConfig, Qwen3Config, Qwen3ForCausalLM, TrainerCallback
 
@@ -55,6 +62,8 @@ VARIANTS = {  # name -> grpotrainer.py flags
     "sdpa": ["--attn_implementation", "sdpa"],
     "flash-attn": ["--attn_implementation", "flash_attention_2"],
     "continuous-batching": ["--use_transformers_continuous_batching", "true"],
+    "compiled": ["--compile_decoding", "true"],
+    "bf16-compiled": ["--load_in_4bit", "false", "--compile_decoding", "true"],
     "vllm-colocate": ["--use_vllm", "true", "--vllm_mode", "colocate", "--load_in_4bit", "false"],
 }
 NEEDS_PACKAGE = {"flash-attn": "flash_attn", "vllm-colocate": "vllm"}  # these also need CUDA
@@ -66,7 +75,13 @@ QWEN3_SHAPES = {
     "8b": dict(hidden_size=4096, num_hidden_layers=36, num_attention_heads=32, intermediate_size=12288, tie_word_embeddings=False),  # fmt: skip
 }
 RANDOM_MODELS = Path(tempfile.gettempdir()) / "grpotrainer-bench"
-COLUMNS = ["variant", "median step s", "generation %", "log-prob %", "update %", "gen tok/s", "peak GPU GiB", "peak host GiB", "status"]  # fmt: skip
+COLUMNS = ["variant", "median step s", "generation %", "log-prob %", "update %", "gen tok/s", "ms/decode step", "x bound", "compiles after warm-up", "peak GPU GiB", "peak host GiB", "status"]  # fmt: skip
+# Peak memory bandwidth, TB/s, from the vendors' data sheets: the bound a decoding step cannot beat
+GPU_BANDWIDTH_TBS = {
+    "H200": 4.8, "H100 SXM": 3.35, "H100 80GB HBM3": 3.35, "H100 PCIe": 2.0, "H100 NVL": 3.9, "A100-SXM4-80GB": 2.039,
+    "A100 80GB PCIe": 1.935, "A100-SXM4-40GB": 1.555, "A100-PCIE-40GB": 1.555, "L40S": 0.864, "L4": 0.3, "A10G": 0.6,
+    "A10": 0.6, "RTX 4090": 1.008, "RTX 3090": 0.936,
+}  # fmt: skip
 
 
 def random_model_dir(size: str) -> Path:
@@ -148,11 +163,13 @@ class StepTimer(TrainerCallback):
         return time.perf_counter()
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self.current = {"generation_s": 0.0, "logprob_s": 0.0, "generated_tokens": 0}
+        self.current = {"generation_s": 0.0, "logprob_s": 0.0, "generated_tokens": 0, "decoding_steps": 0,
+                        "cached_token_reads": 0.0}  # fmt: skip
         self.started = self.clock()
 
     def on_step_end(self, args, state, control, **kwargs):
         self.current["step_s"] = self.clock() - self.started
+        self.current["graphs_compiled"] = counters["stats"]["unique_graphs"]  # torch.compile's own count, so far
         self.steps.append(self.current)
 
     def instrument(self, trainer) -> None:
@@ -162,7 +179,13 @@ class StepTimer(TrainerCallback):
             start = self.clock()
             result = generate(*args, **kwargs)
             self.current["generation_s"] += self.clock() - start
-            self.current["generated_tokens"] += sum(len(ids) for ids in result[1])  # completion_ids
+            prompts, completions = result[0], result[1]  # prompt_ids, completion_ids
+            self.current["generated_tokens"] += sum(len(ids) for ids in completions)
+            self.current["decoding_steps"] += max(map(len, completions), default=0)  # the batch decodes together
+            # each decoding step reads the KV cache of every sequence so far: len(prompt) + len(completion)/2 on average
+            self.current["cached_token_reads"] += sum(
+                len(ids) * (len(prompt) + len(ids) / 2) for prompt, ids in zip(prompts, completions, strict=True)
+            )
             return result
 
         def timed_logprobs(*args, **kwargs):
@@ -174,6 +197,45 @@ class StepTimer(TrainerCallback):
             return result
 
         trainer._generate, trainer._get_per_token_logps_and_entropies = timed_generate, timed_logprobs
+
+
+def weight_bytes_read_per_token(model) -> int:
+    """Bytes of weights a decoding step reads: every parameter (4-bit ones as stored) but the input embedding table,
+    of which it reads one row, unless the output layer shares it."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    embedding, output = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    return total if embedding is output else total - embedding.numel() * embedding.element_size()
+
+
+def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
+    """Keys and values of one token in every layer."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * dtype.itemsize
+
+
+def gpu_bandwidth() -> tuple[str, float] | None:
+    """The detected GPU's data-sheet bandwidth (name matched, TB/s), or None without CUDA or for an unlisted GPU."""
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    match = next((key for key in sorted(GPU_BANDWIDTH_TBS, key=len, reverse=True) if key in name), None)
+    return (f"{name}: {GPU_BANDWIDTH_TBS[match]} TB/s ({match} data sheet)", GPU_BANDWIDTH_TBS[match]) if match else None
+
+
+def decoding_figures(measured: list[dict], model, dtype: torch.dtype) -> dict:
+    """Milliseconds per decoding step (generation time over batched decoding steps, the prefill included) and its
+    ratio to the memory-bandwidth bound: the weights plus the KV cache read once per step at the GPU's bandwidth."""
+    steps = sum(step["decoding_steps"] for step in measured)
+    generation_s = sum(step["generation_s"] for step in measured)
+    figures = {"ms_per_decoding_step": 1000 * generation_s / steps if steps else None, "bandwidth": None}
+    bandwidth = gpu_bandwidth()
+    if steps and bandwidth:
+        weights = weight_bytes_read_per_token(model)
+        cache = kv_bytes_per_token(model.config, dtype) * sum(step["cached_token_reads"] for step in measured)
+        bound_s = (steps * weights + cache) / (bandwidth[1] * 1e12)
+        figures |= {"bandwidth": bandwidth[0], "weight_bytes_per_step": weights, "kv_cache_bytes": cache,
+                    "bound_ms_per_decoding_step": 1000 * bound_s / steps, "times_bound": generation_s / bound_s}  # fmt: skip
+    return figures
 
 
 def grpotrainer_flags(size: str, steps: int, output_dir: str, variant: str, extra: list[str]) -> list[str]:
@@ -198,6 +260,7 @@ def run_worker(options, extra: list[str]) -> None:
     shutil.rmtree(output_dir, ignore_errors=True)
 
     measured = timer.steps[options.warmup :]
+    compute_dtype = torch.bfloat16 if run.training.bf16 else torch.float32
     total = sum(step["step_s"] for step in measured)
     generation, logprob = (sum(step[key] for step in measured) for key in ("generation_s", "logprob_s"))
     result = {
@@ -207,6 +270,11 @@ def run_worker(options, extra: list[str]) -> None:
         "logprob_pct": 100 * logprob / total,
         "update_pct": 100 * (total - generation - logprob) / total,
         "generated_tokens_per_s": sum(step["generated_tokens"] for step in measured) / generation,
+        **decoding_figures(measured, trainer.model, compute_dtype),
+        # graphs torch.compile made during the measured steps: 0 once compiled decoding has warmed up
+        "compiles_after_warmup": measured[-1]["graphs_compiled"] - timer.steps[options.warmup - 1]["graphs_compiled"]
+        if options.warmup
+        else None,
         "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
         "peak_host_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,  # KiB on Linux
         "load_average_1min_at_end": os.getloadavg()[0],  # other work on a shared machine skews the figures
@@ -250,6 +318,9 @@ def markdown(header: str, rows: dict[str, dict]) -> str:
             cell(row.get("logprob_pct"), 1),
             cell(row.get("update_pct"), 1),
             cell(row.get("generated_tokens_per_s"), 1),
+            cell(row.get("ms_per_decoding_step"), 1),
+            cell(row.get("times_bound"), 1),
+            cell(row.get("compiles_after_warmup"), 0),
             cell(row.get("peak_gpu_gib"), 2),
             cell(row.get("peak_host_gib"), 2),
             row["status"],
@@ -292,11 +363,13 @@ def main(argv: list[str]) -> int:
     host = machine()
     rows = {variant: run_variant(options, variant, extra) for variant in options.variants.split(",")}
     gpu = f"GPU {host['gpu']}" if host["gpu"] else "no GPU"
+    bandwidth = gpu_bandwidth()
     header = (
         f"Machine: {host['cpu']}, {host['cores']} cores ({host['torch_threads']} torch threads), {gpu}; "
         f"torch {host['torch']}, trl {host['trl']}, transformers {host['transformers']}; "
         f"load average {host['load_average_1min']:.2f} at start. "
-        f"Model {options.model_size}, {options.steps} steps per variant, first {options.warmup} left out."
+        f"Model {options.model_size}, {options.steps} steps per variant, first {options.warmup} left out. "
+        f"Bandwidth bound: {bandwidth[0] if bandwidth else 'none (no CUDA GPU, or one not in GPU_BANDWIDTH_TBS)'}."
     )
     print(markdown(header, rows))
     flags = {variant: " ".join(VARIANTS[variant] + extra) or "(none)" for variant in rows}

@@ -1,6 +1,7 @@
 """Shared paths and helpers: the repository, the real GSM8K beside it, running grpotrainer.py as a user does, reading
 its one-line errors and its TensorBoard log, and one smoke run shared by the tests that read what it leaves."""
 
+import inspect
 import os
 import subprocess
 import sys
@@ -51,3 +52,36 @@ def smoke_run(tmp_path_factory):
     result = run_script("--smoke", "--output_dir", out)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out, result.stdout
+
+
+@pytest.fixture(scope="session")
+def sft_adapter(tmp_path_factory) -> Path:
+    """A LoRA adapter from TRL's SFTTrainer on the smoke model (examples/sft_adapter.py: r=8 on the attention layers,
+    unlike a run's own r=16 on every linear layer), the start of SFT -> GRPO."""
+    out = tmp_path_factory.mktemp("sft") / "adapter"
+    result = subprocess.run([sys.executable, str(REPO / "examples" / "sft_adapter.py"), str(out), "--steps", "8"],
+                            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=1800)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def three_checkpoint_run(tmp_path_factory):
+    """A `--smoke` run of 3 steps with a checkpoint at each and evaluations at steps 0, 2 and 3 (the end)."""
+    out = tmp_path_factory.mktemp("three") / "run"
+    result = run_script("--smoke", "--max_steps", 3, "--save_steps", 1, "--eval_steps", 2, "--output_dir", out)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
+
+
+# What makes a test slow: a real run of the script (a subprocess, or a trainer built in-process) or a fixture that
+# makes one. `python -m pytest -m "not slow"` runs the rest in a few minutes; CI runs everything.
+RUNS_THE_SCRIPT = ("run_script(", "subprocess.", "signalled_run(", "build_trainer(", "load_inputs(")
+SLOW_FIXTURES = {"smoke_run", "sft_adapter", "three_checkpoint_run", "compiled_run", "continued_run", "merged"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        source = inspect.getsource(item.function)
+        if SLOW_FIXTURES & set(item.fixturenames) or any(call in source for call in RUNS_THE_SCRIPT):
+            item.add_marker(pytest.mark.slow)

@@ -45,6 +45,32 @@ def test_one_dataset_file_is_split_into_training_rows_and_held_out_test_rows(cap
     assert not (tmp_path / "out").exists()
 
 
+def write_splits(folder, rows) -> None:
+    for split in ("train", "test"):
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+@pytest.mark.parametrize("numbers", [[72, 5, -3], [72, 7.5, 0.25]], ids=["integers", "integers and decimals"])
+def test_a_gold_answer_that_is_a_json_number_is_the_answer_itself(tmp_path, numbers):
+    rows = smoke.synthetic_gsm8k_rows(4, seed=0)
+    for row, number in zip(rows, numbers):
+        row["answer"] = number
+    write_splits(tmp_path, rows)  # the last row keeps GSM8K's text: numbers and text mixed in one column
+    dataset = loading.load_split(str(tmp_path), None, "train")
+    expected = [str(number).removesuffix(".0") for number in numbers] + [rows[3]["answer"].rsplit("#### ", 1)[1]]
+    assert dataset["ground_truth"] == expected
+
+
+@pytest.mark.parametrize("answer, shown", [(None, "null, a NoneType"), ([72], "[72], a list"), (True, "true, a bool")])
+def test_a_gold_answer_of_any_other_type_is_one_line_naming_its_row(capsys, tmp_path, answer, shown):
+    rows = smoke.synthetic_gsm8k_rows(4, seed=0)
+    rows[2]["answer"] = answer
+    write_splits(tmp_path, rows)
+    message = f"dataset {tmp_path} (test) row 3: the gold answer is {shown}: it must be text ending in '#### <number>' or a number"  # fmt: skip
+    assert error_line(capsys, ["--smoke", "--dataset_name", tmp_path, "--eval_samples", 1, "--output_dir", tmp_path / "out"]) == f"grpotrainer.py: error: {message}"  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
 def test_gold_answers_without_a_number_are_an_error_or_dropped_and_counted(capsys, tmp_path):
     rows = smoke.synthetic_gsm8k_rows(10, seed=0)
     rows[3]["answer"] = rows[7]["answer"] = "It is #### many"
@@ -176,3 +202,27 @@ def test_resume_continues_from_the_newest_complete_checkpoint_and_names_what_it_
     shutil.rmtree(complete)
     with pytest.raises(loading.InputError, match=f"no complete checkpoint-<step> folder in {tmp_path} to continue from; the newest, {damaged}, {why}"):  # fmt: skip
         loading.resume_checkpoint(str(tmp_path))
+
+
+def test_resume_auto_starts_only_in_an_empty_folder_or_an_attempt_of_a_run(tmp_path):
+    loading.check_auto_start(tmp_path / "missing")
+    loading.check_auto_start(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(loading.InputError, match="holds files but no run of this script"):
+        loading.check_auto_start(tmp_path)
+    (tmp_path / "settings.yaml").write_text("")
+    loading.check_auto_start(tmp_path)  # an attempt cut short before its first checkpoint
+    (tmp_path / "final").mkdir()
+    with pytest.raises(loading.InputError, match="holds a finished run"):
+        loading.check_auto_start(tmp_path)
+
+
+def test_a_run_is_finished_when_its_newest_checkpoint_reached_its_length_and_final_is_saved(tmp_path):
+    run = grpotrainer.read_settings(["--smoke", "--max_steps", "10", "--output_dir", str(tmp_path)])
+    checkpoint(tmp_path, 10)
+    assert loading.finished_line(run.training) is None  # no final adapter yet: the save after training is missing
+    (tmp_path / "final").mkdir()
+    (tmp_path / "final" / "adapter_config.json").write_text("{}")
+    assert loading.finished_line(run.training).startswith(f"--resume: {tmp_path} is finished: {tmp_path / 'checkpoint-10'} reached max_steps 10")  # fmt: skip
+    run.training.max_steps = 20  # --resume --max_steps 20 trains on
+    assert loading.finished_line(run.training) is None

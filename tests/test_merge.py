@@ -17,6 +17,8 @@ import grpotrainer
 import merge
 import smoke
 from conftest import error_line, run_script
+from settings import Layer, Source
+
 IDS = torch.arange(2, 42).view(2, 20)  # any token ids of the smoke vocabulary
 PLAIN_MODEL_FILES = {
     "model.safetensors",
@@ -112,9 +114,9 @@ def test_merge_uses_the_dtype_the_run_computed_in(tmp_path):
     run_settings = tmp_path / "settings.yaml"
     run_settings.write_text("model:\n  dtype: bfloat16\n")
     adapter = tmp_path / "final"
-    assert merge.merge_dtype(adapter, "float32", "no GPU") == ("bfloat16", f"as the run computed, per {run_settings}")
-    assert merge.merge_dtype(adapter, "float16", "command line")[0] == "float16"
-    assert merge.merge_dtype(tmp_path / "elsewhere" / "final", "float32", "no GPU")[0] == "float32"
+    assert merge.merge_dtype(adapter, "float32", Source(Layer.NO_GPU)) == ("bfloat16", f"as the run computed, per {run_settings}")
+    assert merge.merge_dtype(adapter, "float16", Source(Layer.COMMAND_LINE))[0] == "float16"
+    assert merge.merge_dtype(tmp_path / "elsewhere" / "final", "float32", Source(Layer.NO_GPU))[0] == "float32"
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -342,8 +342,8 @@ FINISHED, CUT = [5, 6, EOS], [5, 6, 7]  # a completion's token ids (TRL's comple
 @pytest.mark.parametrize("reward_func", [format_reward, answer_present_reward], ids=lambda f: f.__name__)
 def test_form_rewards_score_a_completion_cut_at_the_length_limit_zero(reward_func):
     text = WORKING + "#### 72"
-    ids = [FINISHED, CUT, FINISHED[:-1] + [PAD]]  # the last one ends in padding: it finished
-    assert reward_func([text] * 3, completion_ids=ids, stop_token_ids=frozenset({EOS, PAD})) == [1.0, 0.0, 1.0]
+    ids = [CUT, FINISHED, FINISHED[:-1] + [PAD]]  # the last one ends in padding: it finished
+    assert reward_func([text] * 3, completion_ids=ids, stop_token_ids=frozenset({EOS, PAD})) == [0.0, 1.0, 1.0]
 
 
 @pytest.mark.parametrize("reward_func", [format_reward, answer_present_reward], ids=lambda f: f.__name__)

@@ -2,6 +2,7 @@
 line with exit code 2, and output folders that never overwrite an earlier run."""
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -155,9 +156,14 @@ def test_resume_needs_the_runs_settings(capsys, tmp_path):
         (["--completion_samples_every", "-1"], "completion_samples_every must be 0 or more, not -1"),
         (["--lora_dropout", "1"], "lora_dropout must be below 1, not 1.0"),
         (["--top_p", "1.5"], "top_p must be at most 1, not 1.5"),
+        (["--eval_top_p", "1.5"], "eval_top_p must be at most 1, not 1.5"),
+        (["--eval_top_p", "0"], "eval_top_p must be above 0, not 0.0"),
+        (["--eval_temperature", "-1"], "eval_temperature must be 0 or more, not -1.0"),
+        (["--eval_samples_per_question", "0"], "eval_samples_per_question must be at least 1, not 0"),
+        (["--eval_temperature", "0", "--eval_samples_per_question", "4"], "eval_temperature 0 is greedy, which gives one answer per question"),  # fmt: skip
         (["--config", str(REPO / "configs")], f"config file {REPO / 'configs'} is a folder: name a YAML file"),
         (["--use_vllm", "true"], "4-bit loading with vLLM generation is broken upstream: set load_in_4bit: false"),
-        (["--adapter", "x"], "--adapter is for --eval_only"),
+        (["--adapter", "x"], "adapter folder x does not exist or holds no adapter_config.json"),
         (["--reward_weights", "0.5", "0.5"], "reward_weights needs 4 numbers, one per reward in order: format_reward"),
         (["--config", "/no/such.yaml"], "config file /no/such.yaml does not exist"),
         (["--model_name", "./no-such-model"], "model path ./no-such-model does not exist"),
@@ -241,3 +247,90 @@ def test_help_lists_the_settings_and_exits_0(capsys):
         grpotrainer.read_settings(["--help"])
     printed = capsys.readouterr().out
     assert exit_.value.code == 0 and "--kl_coef" in printed and "--learning_rate" in printed and "--merge" in printed
+
+
+def test_a_new_setting_is_one_declaration_with_its_rule_on_one_line(tmp_path, monkeypatch):
+    """A made-up constant with a bound and a resume rule: the constant plus one line of settings.RULES."""
+    (tmp_path / "c.yaml").write_text("")
+    constants = grpotrainer.CONSTANTS | {"reward_scale": 0.5}
+    monkeypatch.setitem(settings.RULES, "reward_scale", settings.Rule(above=0, resume_may_change=True))
+    with pytest.raises(settings.InputError, match=r"^reward_scale must be above 0, not -1.0$"):
+        settings.parse_settings(["--reward_scale", "-1"], constants, "c.yaml", tmp_path)
+    run = settings.parse_settings(["--smoke", "--output_dir", str(tmp_path / "run")], constants, "c.yaml", tmp_path)
+    settings.report_settings(run, constants)
+    resumed = ["--resume", "--output_dir", str(tmp_path / "run"), "--reward_scale", "2"]
+    assert settings.parse_settings(resumed, constants, "c.yaml", tmp_path).script.reward_scale == 2.0
+    monkeypatch.setitem(settings.RULES, "reward_scale", settings.Rule(above=0))  # the same setting, fixed for a run
+    with pytest.raises(settings.InputError, match="--resume: reward_scale is 0.5 in the run's settings.yaml but 2.0"):
+        settings.parse_settings(resumed, constants, "c.yaml", tmp_path)
+
+
+def test_every_rule_names_a_setting():
+    run = grpotrainer.read_settings([])
+    for name in settings.rules():
+        run.value(name)  # raises StopIteration for a rule whose setting does not exist
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_no_float_setting_takes_nan_or_infinity(capsys, tmp_path, value):
+    for key in ("temperature", "learning_rate", "kl_coef", "top_p", "max_grad_norm", "lora_dropout"):
+        assert f"{key} is {float(value)}, which is not a finite number" in error_line(capsys, [f"--{key}={value}"])
+    config = tmp_path / "c.yaml"
+    yaml_value = {"nan": ".nan", "inf": ".inf", "-inf": "-.inf"}[value]
+    config.write_text(f"reward_weights: [1, 1, {yaml_value}, 1]\n")
+    assert f"reward_weights is {float(value)}, which is not a finite number" in error_line(capsys, ["--config", config])
+
+
+def test_a_number_yaml_reads_as_text_is_a_number(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("learning_rate: 2e-5\nmax_grad_norm: '0.5'\n")  # YAML 1.1: both are strings
+    run = grpotrainer.read_settings(["--config", str(config)])
+    assert (run.training.learning_rate, run.training.max_grad_norm) == (2e-5, 0.5)
+
+
+def test_config_env_block_sets_environment_variables(tmp_path, monkeypatch):
+    monkeypatch.delenv("GRPOTRAINER_TEST_VARIABLE", raising=False)
+    config = tmp_path / "c.yaml"
+    config.write_text("env:\n  GRPOTRAINER_TEST_VARIABLE: 1\nmax_steps: 3\n")  # as TRL's TrlParser reads it
+    assert grpotrainer.read_settings(["--config", str(config)]).training.max_steps == 3
+    assert os.environ["GRPOTRAINER_TEST_VARIABLE"] == "1"
+
+
+def test_help_shows_the_scripts_settings_first_and_help_all_every_field(capsys):
+    with pytest.raises(SystemExit):
+        grpotrainer.read_settings(["--help"])
+    short = capsys.readouterr().out
+    options = [line.split()[0] for line in short.splitlines() if line.startswith("  --")]
+    assert options[:3] == ["--model_name", "--dataset_name", "--dataset_config"]
+    assert "a hub id or a local folder (default: Qwen/Qwen3-8B)" in " ".join(short.split())
+    assert "--learning_rate" in options and "--vllm_mode" not in options and "--help_all" in short
+    with pytest.raises(SystemExit) as exit_:
+        grpotrainer.read_settings(["--help_all"])
+    assert exit_.value.code == 0 and "--vllm_mode" in capsys.readouterr().out
+
+
+def test_where_a_value_came_from_is_a_layer_not_a_label(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("seed: 3\n")
+    run = grpotrainer.read_settings(["--smoke", "--config", str(config), "--dtype", "float16"])
+    assert run.sources["seed"].layer is settings.Layer.CONFIG_FILE and run.sources["seed"] == "c.yaml"
+    assert run.sources["max_steps"].layer is settings.Layer.SMOKE
+    assert run.sources["dtype"].layer is settings.Layer.COMMAND_LINE
+
+
+def test_resume_auto_starts_a_new_run_in_its_folder_or_continues_the_one_there(capsys, tmp_path):
+    folder = tmp_path / "run"
+    new = grpotrainer.read_settings(["--smoke", "--resume", "auto", "--lora_r", "4", "--output_dir", str(folder)])
+    assert new.script.resume == "auto" and new.training.resume_from_checkpoint is False and new.training.eval_on_start
+    settings.report_settings(new, grpotrainer.CONSTANTS)  # an attempt that saved no checkpoint: start there again
+    assert settings.claim_output_dir(str(folder), new.script.resume) == str(folder)
+    (folder / "checkpoint-2").mkdir()
+    (folder / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
+    resumed = grpotrainer.read_settings(["--resume", "auto", "--output_dir", str(folder), "--max_steps", "9"])
+    assert resumed.script.resume is True and resumed.training.resume_from_checkpoint is True
+    assert resumed.model.lora_r == 4 and resumed.sources["lora_r"] == "settings.yaml"  # the saved settings win
+    assert "--resume: lora_r is 4 in the run's settings.yaml but 8 here" in error_line(
+        capsys, ["--resume", "auto", "--output_dir", folder, "--lora_r", 8]
+    )
+    assert "--resume is true, false or auto, not 'maybe'" in error_line(capsys, ["--resume", "maybe"])
+    assert grpotrainer.read_settings(["--resume", "false"]).script.resume is False
