@@ -96,7 +96,7 @@ def test_lora_settings_that_agree_with_the_adapter_are_accepted_and_the_adapters
 def test_all_linear_on_the_command_line_agrees_with_an_adapter_on_every_linear_layer(tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    smoke.build_assets()
+    smoke.build_assets(grpotrainer.PROMPT)
     base = grpotrainer.loading.AutoModelForCausalLM.from_pretrained(smoke.SMOKE_DIR / "model")
     get_peft_model(base, LoraConfig(r=16, target_modules="all-linear")).save_pretrained(tmp_path / "all")
     run = grpotrainer.read_settings(["--smoke", "--adapter", str(tmp_path / "all"), "--lora_target_modules", "all-linear"])  # fmt: skip

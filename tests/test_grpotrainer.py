@@ -16,6 +16,7 @@ import yaml
 from conftest import ENV, REPO, error_line, run_script, scalars, tensorboard_log
 from transformers import AutoModelForCausalLM
 
+import doctor
 import evaluation
 import grpotrainer
 import loading
@@ -57,16 +58,26 @@ def test_a_bad_input_is_the_only_line_on_stderr():
     assert result.stderr.strip() == "grpotrainer.py: error: max_steps must be a positive number of steps, or -1 to train num_train_epochs, not -5"  # fmt: skip
 
 
-# Issue 21: the tiny random model learned only through the old answer_present_reward, which paid for any digit (its
-# rewards/mean rose 0.049 -> 0.186 over the first and last 10 steps while answer_present rose 0.231 -> 0.844 and format
-# and reasoning stayed 0). Now that it pays for a stated answer only, every reward is 0 on nearly every completion of
-# the random model, and no length limit or sampling tried (16, 32, 64 tokens) changes that. Until the smoke preset or
-# model is re-tuned, this fails; strict, so that it is noticed when it passes.
-@pytest.mark.xfail(strict=True, reason="issue 21: the --smoke preset learns nothing with the new answer_present_reward")
+def first_and_last_ten_steps(run: Path, tag: str) -> tuple[float, float]:
+    """A metric's mean over the first and the last 10 of the smoke run's 80 steps (5 logging steps each)."""
+    values = scalars(run)[f"train/{tag}"]
+    return sum(values[:5]) / 5, sum(values[-5:]) / 5
+
+
+def assert_learns_to_state_its_answer_as_asked(run: Path) -> None:
+    """What GRPO teaches the warm smoke model: its share of completions ending in the prompt's `#### N` line rises
+    (0.43 -> 0.75 in the README's run), stated answers with it, and so the total reward (0.29 -> 0.37). It cannot
+    learn arithmetic in 80 steps: correctness and reasoning are not asserted."""
+    first, last = first_and_last_ten_steps(run, doctor.reward_key(rewards.format_reward))
+    assert last > first + 0.15, (run, first, last)
+    first, last = first_and_last_ten_steps(run, doctor.reward_key(rewards.answer_present_reward))
+    assert last > first, (run, first, last)
+    first, last = first_and_last_ten_steps(run, "rewards/mean")
+    assert last > first + 0.03, (run, first, last)
+
+
 def test_smoke_run_visibly_learns(smoke_run):
-    mean = scalars(smoke_run[0])["train/rewards/mean"]
-    first, last = sum(mean[:5]) / 5, sum(mean[-5:]) / 5  # the first and last 10 of 80 steps
-    assert last > first + 0.05, mean
+    assert_learns_to_state_its_answer_as_asked(smoke_run[0])
 
 
 def test_smoke_run_with_compiled_decoding_learns_as_the_eager_one(smoke_run, tmp_path):
@@ -75,8 +86,7 @@ def test_smoke_run_with_compiled_decoding_learns_as_the_eager_one(smoke_run, tmp
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "compiled decoding: static KV cache of " in result.stdout
     for run in (smoke_run[0], out):
-        mean = scalars(run)["train/rewards/mean"]
-        assert sum(mean[-5:]) / 5 > sum(mean[:5]) / 5 + 0.05, (run, mean)  # the first and last 10 of 80 steps
+        assert_learns_to_state_its_answer_as_asked(run)
     summary = json.loads((out / "eval" / "step-80" / "eval_summary.json").read_text())
     assert summary["generation"].endswith(", compiled decoding")
 
@@ -503,7 +513,7 @@ def test_the_trainer_tells_the_form_rewards_which_completions_were_cut(tmp_path)
 
     run = grpotrainer.read_settings(["--smoke", "--num_generations", "2", "--per_device_train_batch_size", "2",
                                      "--report_to", "none", "--output_dir", str(tmp_path / "run")])  # fmt: skip
-    smoke.build_assets()
+    smoke.build_assets(grpotrainer.PROMPT)
     trainer = grpotrainer.build_trainer(run, grpotrainer.load_inputs(run))
     tokenizer = trainer.processing_class
     answer = tokenizer("#### 5", add_special_tokens=False)["input_ids"]
