@@ -116,7 +116,8 @@ def test_smoke_run_measures_accuracy_before_and_after(smoke_run):
     after = [json.loads(line) for line in (out / "eval" / "step-80" / "eval_results.jsonl").open()]
     assert comparison["before"] == sum(r["correct"] for r in before) / len(before)
     assert comparison["after"] == sum(r["correct"] for r in after) / len(after)
-    assert "before 0.0% -> after" in stdout and "the interval" in stdout
+    line = f"before {comparison['before']:.1%} -> after {comparison['after']:.1%} on 16 test questions: "
+    assert line in stdout and "the interval" in stdout  # the warm model may solve a question before training
 
 
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2")
