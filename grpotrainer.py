@@ -64,6 +64,7 @@ import preemption
 import rewards
 import smoke
 import usage
+import worstcase
 from atomic import replace_folder
 from options import RunSettings
 from settings import InputError
@@ -291,6 +292,7 @@ def train(run: RunSettings, inputs: Inputs) -> int:
     interrupt = preemption.SaveOnInterrupt()
     trainer = build_trainer(run, inputs, [interrupt])
     watcher = doctor.attach(trainer) if run.script.doctor else None
+    check = worstcase.attach(trainer) if worstcase.wanted(run.script.worst_case_check) else None
     main_process = trainer.accelerator.is_main_process
     if main_process:
         print(f"TensorBoard: tensorboard --logdir {output_dir}")
@@ -302,7 +304,8 @@ def train(run: RunSettings, inputs: Inputs) -> int:
     except torch.OutOfMemoryError:
         if watcher is None:
             raise
-        doctor.report_out_of_memory(run.training, run.model, trainer.state.global_step)
+        in_check = check is not None and check.running
+        doctor.report_out_of_memory(run.training, run.model, trainer.state.global_step, worst_case=in_check)
         return doctor.EXIT_OUT_OF_MEMORY
     except (OSError, RuntimeError) as error:  # after OutOfMemoryError, a RuntimeError too
         if not preemption.disk_full(error, output_dir):

@@ -124,6 +124,12 @@ class ScriptOptions:
         metadata={"help": "Decode with a static KV cache and torch.compile (CUDA graphs on a GPU), for training and "
                   "evaluation completions alike (decoding.py). Off until a GPU measurement shows it faster."},
     )  # fmt: skip
+    worst_case_check: Annotated[bool | None, Rule(resume_may_change=True)] = dataclasses.field(
+        default=None,
+        metadata={"help": "Before step 1, one step on the longest prompts with every completion max_completion_length "
+                          "long, no optimizer step: out of memory at once, not hours in; prints its peak memory "
+                          "(worstcase.py). Unset: on with a CUDA GPU, off on a CPU.", "nargs": "?", "const": True},
+    )  # fmt: skip
 
 
 # The rules of the constants at the top of grpotrainer.py and of the library's fields, one line each. Unset counts and
