@@ -129,6 +129,16 @@ def test_resume_refuses_to_change_what_the_run_is(capsys, tmp_path, argv, messag
     assert message in error, error
 
 
+def test_the_worst_case_check_is_unset_on_or_off_and_a_resumed_run_may_change_it(tmp_path):
+    def check(*argv):
+        return grpotrainer.read_settings([*argv]).script.worst_case_check
+
+    assert (check("--smoke"), check("--worst_case_check"), check("--worst_case_check", "false")) == (None, True, False)
+    saved_run(tmp_path / "run", "--smoke", "--worst_case_check", "true")
+    assert check("--resume", "--output_dir", str(tmp_path / "run")) is True
+    assert check("--resume", "--output_dir", str(tmp_path / "run"), "--worst_case_check", "false") is False
+
+
 def test_resume_needs_the_runs_settings(capsys, tmp_path):
     message = f"--resume: {tmp_path}/settings.yaml does not exist: name the run's folder with --output_dir"
     assert message in error_line(capsys, ["--resume", "--output_dir", tmp_path])
@@ -169,6 +179,7 @@ def test_resume_needs_the_runs_settings(capsys, tmp_path):
         (["--config", "/no/such.yaml"], "config file /no/such.yaml does not exist"),
         (["--model_name", "./no-such-model"], "model path ./no-such-model does not exist"),
         (["stray"], "unexpected argument 'stray'"),
+        (["--worst_case_check", "maybe"], "--worst-case-check: Truthy value expected: got maybe"),
     ],
 )
 def test_bad_command_line_is_one_line_and_exit_2(capsys, argv, message):
