@@ -551,13 +551,13 @@ def out_of_memory_message(args, model_args, step: int, worst_case: bool = False)
         switched_on("load_in_4bit", model_args.load_in_4bit),
         f"max_completion_length {halved(args.max_completion_length, 1)}",
     ]
-    where = f"at step {step}"
-    if worst_case:
+    if worst_case:  # a training step, never an evaluation
         where = (
             f"in the worst-case step before step {step + 1} (the longest prompts, every completion "
             f"{args.max_completion_length} tokens long)"
         )
-    return (
-        f"doctor: out of GPU memory {where}; remedies, cheapest first: {'; '.join(remedies)}; "
-        f"if it ran out while evaluating: per_device_eval_batch_size {halved(args.per_device_eval_batch_size, 1)}"
-    )
+    else:
+        where = f"at step {step}"
+        evaluating = f"per_device_eval_batch_size {halved(args.per_device_eval_batch_size, 1)}"
+        remedies.append(f"if it ran out while evaluating: {evaluating}")
+    return f"doctor: out of GPU memory {where}; remedies, cheapest first: {'; '.join(remedies)}"

@@ -197,8 +197,9 @@ def test_out_of_memory_in_the_worst_case_step_names_it_with_the_same_remedies(se
         "doctor: out of GPU memory in the worst-case step before step 1 (the longest prompts, every completion 16 "
         "tokens long); remedies, cheapest first: num_generations 8 -> 4; "
     )
-    remedies = doctor.out_of_memory_message(training_args, model_args, step=0).split("; remedies")[1]
-    assert message.split("; remedies")[1] == remedies
+    in_training = doctor.out_of_memory_message(training_args, model_args, step=0).split("; remedies")[1]
+    assert in_training.startswith(message.split("; remedies")[1])  # the same, less evaluation's: the step trains
+    assert message.endswith("max_completion_length 16 -> 8")
 
 
 # --------------------------------------------------------------------------------------------------------------------
