@@ -34,6 +34,9 @@ KEPT = (
     "current_gradient_accumulation_steps",
 )  # fmt: skip
 GIB = 2**30
+# accelerate's backward under DeepSpeed also steps the optimizer and the scheduler at the end of an accumulation window
+# (accelerate/utils/deepspeed.py:264-281), which this step must never do
+UNDER_DEEPSPEED = "worst-case step: skipped under DeepSpeed, where a backward pass also steps the optimizer"
 
 
 def wanted(setting: bool | None) -> bool:
@@ -61,9 +64,12 @@ class WorstCaseCheck(TrainerCallback):
         self.running = False  # stays True if the step raised: the entry script tells the doctor where memory ran out
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.running = True
-        line = describe(worst_case_step(self.trainer))
-        self.running = False
+        if self.trainer.is_deepspeed_enabled:
+            line = UNDER_DEEPSPEED
+        else:
+            self.running = True
+            line = describe(worst_case_step(self.trainer))
+            self.running = False
         if state.is_world_process_zero:
             tqdm.write(line)
 

@@ -4,11 +4,13 @@ logs, step for step."""
 
 import contextlib
 import json
+import types
 
 import pytest
 import torch
 from conftest import run_script, scalars
 from safetensors.torch import load_file
+from transformers import TrainerControl, TrainerState
 
 import decoding
 import grpotrainer
@@ -49,6 +51,12 @@ def test_held_sets_a_value_for_the_duration_and_leaves_the_rest_as_it_was():
     with pytest.raises(KeyError), worstcase.held(options, "min_new_tokens", 16):
         raise KeyError("the step failed")
     assert options == {"min_new_tokens": 3, "temperature": 1.0}
+
+
+def test_under_deepspeed_it_says_it_is_skipped_and_takes_no_step(capsys):
+    trainer = types.SimpleNamespace(is_deepspeed_enabled=True)  # no training_step: calling it would fail the test
+    worstcase.WorstCaseCheck(trainer).on_train_begin(None, TrainerState(), TrainerControl())
+    assert capsys.readouterr().out == worstcase.UNDER_DEEPSPEED + "\n"
 
 
 # --------------------------------------------------------------------------------------------------------------------
