@@ -16,7 +16,8 @@ from transformers import TrainerCallback
 
 import loading
 import settings
-from settings import InputError, Layer, RunSettings, Source
+from options import Layer, RunSettings, Source
+from settings import InputError
 
 # trl.ModelConfig's LoRA settings -> the peft.LoraConfig field that adapter_config.json records them in
 LORA_SETTINGS = {

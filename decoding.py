@@ -10,18 +10,19 @@ from accelerate import PartialState
 from transformers import CompileConfig
 
 
+def prompt_lengths(tokenizer, dataset, chat_template_kwargs: dict | None) -> list[int]:
+    """Tokens of each chat prompt of a dataset, as TRL tokenizes them (chat template, generation prompt)."""
+    conversations = [list(prompt) for prompt in dataset["prompt"]]
+    ids = tokenizer.apply_chat_template(
+        conversations, tokenize=True, add_generation_prompt=True, **(chat_template_kwargs or {})
+    )["input_ids"]
+    return list(map(len, ids))
+
+
 def longest_prompt_tokens(tokenizer, prompt_sets, chat_template_kwargs: dict | None) -> int:
-    """Tokens of the longest chat prompt in the datasets, as TRL tokenizes them (chat template, generation prompt)."""
-    longest = 0
-    for dataset in prompt_sets:
-        if dataset is None:
-            continue
-        conversations = [list(prompt) for prompt in dataset["prompt"]]
-        ids = tokenizer.apply_chat_template(
-            conversations, tokenize=True, add_generation_prompt=True, **(chat_template_kwargs or {})
-        )["input_ids"]
-        longest = max(longest, *map(len, ids))
-    return longest
+    """Tokens of the longest chat prompt in the datasets, as TRL tokenizes them."""
+    sets = [prompt_lengths(tokenizer, dataset, chat_template_kwargs) for dataset in prompt_sets if dataset is not None]
+    return max(max(lengths) for lengths in sets)
 
 
 def compile_config() -> CompileConfig:

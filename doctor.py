@@ -599,12 +599,14 @@ def switched_on(name: str, on: bool) -> str:
     return f"{name} true (on already)" if on else f"{name} false -> true"
 
 
-def report_out_of_memory(args, model_args, step: int) -> None:
-    tqdm.write(out_of_memory_message(args, model_args, step), file=sys.stderr)  # on a line of its own, not the bar's
+def report_out_of_memory(args, model_args, step: int, worst_case: bool = False) -> None:
+    line = out_of_memory_message(args, model_args, step, worst_case)
+    tqdm.write(line, file=sys.stderr)  # on a line of its own, not the bar's
 
 
-def out_of_memory_message(args, model_args, step: int) -> str:
-    """One line for torch.OutOfMemoryError in training: the remedies, cheapest first, with this run's values."""
+def out_of_memory_message(args, model_args, step: int, worst_case: bool = False) -> str:
+    """One line for torch.OutOfMemoryError in training, or in the worst-case step before it (worstcase.py): the
+    remedies, cheapest first, with this run's values."""
     accumulation = args.gradient_accumulation_steps
     remedies = [
         f"num_generations {halved(args.num_generations, 2)}",
@@ -616,7 +618,13 @@ def out_of_memory_message(args, model_args, step: int) -> str:
         switched_on("load_in_4bit", model_args.load_in_4bit),
         f"max_completion_length {halved(args.max_completion_length, 1)}",
     ]
-    return (
-        f"doctor: out of GPU memory at step {step}; remedies, cheapest first: {'; '.join(remedies)}; "
-        f"if it ran out while evaluating: per_device_eval_batch_size {halved(args.per_device_eval_batch_size, 1)}"
-    )
+    if worst_case:  # a training step, never an evaluation
+        where = (
+            f"in the worst-case step before step {step + 1} (the longest prompts, every completion "
+            f"{args.max_completion_length} tokens long)"
+        )
+    else:
+        where = f"at step {step}"
+        evaluating = f"per_device_eval_batch_size {halved(args.per_device_eval_batch_size, 1)}"
+        remedies.append(f"if it ran out while evaluating: {evaluating}")
+    return f"doctor: out of GPU memory {where}; remedies, cheapest first: {'; '.join(remedies)}"

@@ -16,7 +16,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 import adapters
 import loading
-from settings import InputError, Layer, RunSettings, Source
+from options import Layer, RunSettings, Source
+from settings import InputError
 
 
 def merged_dir(adapter: Path) -> Path:

@@ -86,7 +86,9 @@ def three_checkpoint_run(tmp_path_factory):
 # What makes a test slow: a real run of the script (a subprocess, or a trainer built in-process) or a fixture that
 # makes one. `python -m pytest -m "not slow"` runs the rest in a few minutes; CI runs everything.
 RUNS_THE_SCRIPT = ("run_script(", "subprocess.", "signalled_run(", "build_trainer(", "load_inputs(")
-SLOW_FIXTURES = {"smoke_run", "sft_adapter", "three_checkpoint_run", "compiled_run", "continued_run", "merged"}
+SLOW_FIXTURES = {
+    "smoke_run", "sft_adapter", "three_checkpoint_run", "compiled_run", "continued_run", "merged", "with_and_without",
+}
 
 
 def pytest_collection_modifyitems(items):

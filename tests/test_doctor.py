@@ -244,6 +244,18 @@ def test_out_of_memory_message_lists_the_remedies_cheapest_first_with_the_run_va
     )
 
 
+def test_out_of_memory_in_the_worst_case_step_names_it_with_the_same_remedies(settings):
+    training_args, model_args = settings
+    message = doctor.out_of_memory_message(training_args, model_args, step=0, worst_case=True)
+    assert message.startswith(
+        "doctor: out of GPU memory in the worst-case step before step 1 (the longest prompts, every completion 48 "
+        "tokens long); remedies, cheapest first: num_generations 8 -> 4; "
+    )
+    in_training = doctor.out_of_memory_message(training_args, model_args, step=0).split("; remedies")[1]
+    assert in_training.startswith(message.split("; remedies")[1])  # the same, less evaluation's: the step trains
+    assert message.endswith("max_completion_length 48 -> 24")
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # The callback, without a trainer
 
@@ -405,6 +417,15 @@ def test_out_of_memory_in_training_prints_the_remedies_and_exit_code_4(tmp_path)
     (message,) = [line for line in result.stderr.splitlines() if line.startswith("doctor: ")]
     assert message.startswith("doctor: out of GPU memory at step 0; remedies, cheapest first: num_generations 8 -> 4;")
     assert "Traceback" not in result.stderr
+
+
+def test_out_of_memory_in_the_worst_case_step_stops_the_run_before_step_1_with_the_remedies(tmp_path):
+    result = run("--max_steps", 2, *QUIET, "--worst_case_check", "true", "--output_dir", tmp_path,
+                 extra_reward="out_of_memory_reward")  # fmt: skip
+    assert result.returncode == doctor.EXIT_OUT_OF_MEMORY == 4, result.stderr[-3000:]
+    (message,) = [line for line in result.stderr.splitlines() if line.startswith("doctor: ")]
+    assert message.startswith("doctor: out of GPU memory in the worst-case step before step 1 (the longest prompts, ")
+    assert "step 1/2:" not in result.stdout and "Traceback" not in result.stderr
 
 
 def test_a_normal_smoke_run_raises_no_alarm(smoke_run):

@@ -20,6 +20,7 @@ import doctor
 import evaluation
 import grpotrainer
 import loading
+import preemption
 import rewards
 import settings
 import smoke
@@ -171,7 +172,7 @@ def test_ctrl_c_saves_a_checkpoint_that_the_printed_command_continues(tmp_path):
 def test_a_schedulers_signal_saves_a_checkpoint_and_exits_5_for_the_printed_command(tmp_path, number):
     out = tmp_path / "run"
     code, output = signalled_run(out, [number])
-    assert code == grpotrainer.EXIT_PREEMPTED == 5, output
+    assert code == preemption.EXIT_PREEMPTED == 5, output
     (checkpoint,) = out.glob("checkpoint-*")
     step = checkpoint.name.split("-")[1]
     assert f"{number.name}: stopping after this step and saving a checkpoint ({number.name} again to stop at once)" in output  # fmt: skip

@@ -17,7 +17,7 @@ import grpotrainer
 import merge
 import smoke
 from conftest import error_line, run_script
-from settings import Layer, Source
+from options import Layer, Source
 
 IDS = torch.arange(2, 42).view(2, 20)  # any token ids of the smoke vocabulary
 PLAIN_MODEL_FILES = {

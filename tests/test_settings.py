@@ -10,6 +10,7 @@ import yaml
 from conftest import REPO, error_line
 
 import grpotrainer
+import options
 import rewards
 import settings
 import smoke
@@ -84,10 +85,10 @@ def test_renamed_library_settings_are_set_from_ours():
     run = grpotrainer.read_settings(["--kl_coef", "0.2", "--model_name", "Qwen/Qwen3-0.6B"])
     assert run.training.beta == 0.2 and run.model.model_name_or_path == "Qwen/Qwen3-0.6B"
     assert run.training.resume_from_checkpoint is False and run.training.eval_on_start is True
-    assert set(settings.RENAMED.values()) <= {field.name for field in dataclasses.fields(run.script)}
+    assert set(options.RENAMED.values()) <= {field.name for field in dataclasses.fields(run.script)}
 
 
-def saved_run(folder, *argv) -> settings.RunSettings:
+def saved_run(folder, *argv) -> options.RunSettings:
     """The settings.yaml that a run started with these flags leaves in folder."""
     run = grpotrainer.read_settings([*map(str, argv), "--output_dir", str(folder)])
     settings.report_settings(run, grpotrainer.CONSTANTS)
@@ -126,6 +127,16 @@ def test_resume_refuses_to_change_what_the_run_is(capsys, tmp_path, argv, messag
     saved_run(tmp_path / "run", "--smoke")
     error = error_line(capsys, ["--resume", "--output_dir", tmp_path / "run", *argv])
     assert message in error, error
+
+
+def test_the_worst_case_check_is_unset_on_or_off_and_a_resumed_run_may_change_it(tmp_path):
+    def check(*argv):
+        return grpotrainer.read_settings([*argv]).script.worst_case_check
+
+    assert (check("--smoke"), check("--worst_case_check"), check("--worst_case_check", "false")) == (None, True, False)
+    saved_run(tmp_path / "run", "--smoke", "--worst_case_check", "true")
+    assert check("--resume", "--output_dir", str(tmp_path / "run")) is True
+    assert check("--resume", "--output_dir", str(tmp_path / "run"), "--worst_case_check", "false") is False
 
 
 def test_resume_needs_the_runs_settings(capsys, tmp_path):
@@ -168,6 +179,7 @@ def test_resume_needs_the_runs_settings(capsys, tmp_path):
         (["--config", "/no/such.yaml"], "config file /no/such.yaml does not exist"),
         (["--model_name", "./no-such-model"], "model path ./no-such-model does not exist"),
         (["stray"], "unexpected argument 'stray'"),
+        (["--worst_case_check", "maybe"], "--worst-case-check: Truthy value expected: got maybe"),
     ],
 )
 def test_bad_command_line_is_one_line_and_exit_2(capsys, argv, message):
@@ -242,32 +254,25 @@ def test_report_prints_plain_values_grouped_by_source_in_layer_order_and_saves_e
     assert saved["training"]["beta"] == grpotrainer.KL_COEF and saved["script"]["smoke"] is True
 
 
-def test_help_lists_the_settings_and_exits_0(capsys):
-    with pytest.raises(SystemExit) as exit_:
-        grpotrainer.read_settings(["--help"])
-    printed = capsys.readouterr().out
-    assert exit_.value.code == 0 and "--kl_coef" in printed and "--learning_rate" in printed and "--merge" in printed
-
-
 def test_a_new_setting_is_one_declaration_with_its_rule_on_one_line(tmp_path, monkeypatch):
-    """A made-up constant with a bound and a resume rule: the constant plus one line of settings.RULES."""
+    """A made-up constant with a bound and a resume rule: the constant plus one line of options.RULES."""
     (tmp_path / "c.yaml").write_text("")
     constants = grpotrainer.CONSTANTS | {"reward_scale": 0.5}
-    monkeypatch.setitem(settings.RULES, "reward_scale", settings.Rule(above=0, resume_may_change=True))
+    monkeypatch.setitem(options.RULES, "reward_scale", options.Rule(above=0, resume_may_change=True))
     with pytest.raises(settings.InputError, match=r"^reward_scale must be above 0, not -1.0$"):
         settings.parse_settings(["--reward_scale", "-1"], constants, "c.yaml", tmp_path)
     run = settings.parse_settings(["--smoke", "--output_dir", str(tmp_path / "run")], constants, "c.yaml", tmp_path)
     settings.report_settings(run, constants)
     resumed = ["--resume", "--output_dir", str(tmp_path / "run"), "--reward_scale", "2"]
     assert settings.parse_settings(resumed, constants, "c.yaml", tmp_path).script.reward_scale == 2.0
-    monkeypatch.setitem(settings.RULES, "reward_scale", settings.Rule(above=0))  # the same setting, fixed for a run
+    monkeypatch.setitem(options.RULES, "reward_scale", options.Rule(above=0))  # the same setting, fixed for a run
     with pytest.raises(settings.InputError, match="--resume: reward_scale is 0.5 in the run's settings.yaml but 2.0"):
         settings.parse_settings(resumed, constants, "c.yaml", tmp_path)
 
 
 def test_every_rule_names_a_setting():
     run = grpotrainer.read_settings([])
-    for name in settings.rules():
+    for name in options.rules():
         run.value(name)  # raises StopIteration for a rule whose setting does not exist
 
 
@@ -296,26 +301,13 @@ def test_config_env_block_sets_environment_variables(tmp_path, monkeypatch):
     assert os.environ["GRPOTRAINER_TEST_VARIABLE"] == "1"
 
 
-def test_help_shows_the_scripts_settings_first_and_help_all_every_field(capsys):
-    with pytest.raises(SystemExit):
-        grpotrainer.read_settings(["--help"])
-    short = capsys.readouterr().out
-    options = [line.split()[0] for line in short.splitlines() if line.startswith("  --")]
-    assert options[:3] == ["--model_name", "--dataset_name", "--dataset_config"]
-    assert "a hub id or a local folder (default: Qwen/Qwen3-8B)" in " ".join(short.split())
-    assert "--learning_rate" in options and "--vllm_mode" not in options and "--help_all" in short
-    with pytest.raises(SystemExit) as exit_:
-        grpotrainer.read_settings(["--help_all"])
-    assert exit_.value.code == 0 and "--vllm_mode" in capsys.readouterr().out
-
-
 def test_where_a_value_came_from_is_a_layer_not_a_label(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("seed: 3\n")
     run = grpotrainer.read_settings(["--smoke", "--config", str(config), "--dtype", "float16"])
-    assert run.sources["seed"].layer is settings.Layer.CONFIG_FILE and run.sources["seed"] == "c.yaml"
-    assert run.sources["max_steps"].layer is settings.Layer.SMOKE
-    assert run.sources["dtype"].layer is settings.Layer.COMMAND_LINE
+    assert run.sources["seed"].layer is options.Layer.CONFIG_FILE and run.sources["seed"] == "c.yaml"
+    assert run.sources["max_steps"].layer is options.Layer.SMOKE
+    assert run.sources["dtype"].layer is options.Layer.COMMAND_LINE
 
 
 def test_resume_auto_starts_a_new_run_in_its_folder_or_continues_the_one_there(capsys, tmp_path):
