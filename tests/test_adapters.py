@@ -59,8 +59,8 @@ def test_bad_adapters_are_one_line_and_exit_2_before_any_weights_load(capsys, tm
         ),
         "another_base_that_does_not_fit": (
             ["--adapter", adapter_for_a_wider_model(tmp_path), "--allow_other_base", "true"],
-            "is an adapter for another base: it does not fit the model: model.layers.0.mlp.down_proj has 128 inputs, "
-            "the adapter's 64",
+            "is an adapter for another base: it does not fit the model: model.layers.0.mlp.down_proj has "
+            f"{smoke.MODEL_CONFIG['intermediate_size']} inputs, the adapter's 64",  # down_proj reads the MLP's width
         ),
         "conflicting_rank": (
             ["--adapter", sft_adapter, "--lora_r", 16],
