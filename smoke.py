@@ -38,9 +38,9 @@ SMOKE_DIR = Path(tempfile.gettempdir()) / "grpotrainer-smoke"
 def preset() -> dict:
     """`--smoke`: the whole pipeline on a tiny warmed-up Qwen3 and synthetic GSM8K, sized to visibly learn in minutes.
 
-    48 tokens let nearly every completion finish (the warm-up's solutions need 20 for half, 50 at most); at a learning rate of
-    1e-3 GRPO raises the share that ends in `#### N` while the model keeps its worked solutions (at 5e-3 it learned
-    to drop them and guess a bare `#### N`)."""
+    48 tokens let nearly every completion finish (the warm-up's solutions need 20 for half, 50 at most); at a
+    learning rate of 1e-3 GRPO raises the share that ends in `#### N` while the model keeps its worked solutions (at
+    5e-3 it learned to drop them and guess a bare `#### N`)."""
     return dict(
         model_name=str(SMOKE_DIR / "model"),
         dataset_name=str(SMOKE_DIR / "gsm8k"),
@@ -300,7 +300,8 @@ def _warm_up_solution(answer: str, rng: random.Random) -> str:
 
 def warm_up_chats(tokenizer: PreTrainedTokenizerFast, prompt: str) -> Dataset:
     """Prompt-completion pairs as GRPO samples them: the question asked with `prompt`, rendered with the generation
-    prompt and thinking off, then the solution (SFTTrainer adds the end of turn and trains on the completion only)."""
+    prompt and thinking off, then the solution. SFTTrainer adds the end of turn to a plain-text completion
+    (trl/trainer/sft_trainer.py:1292) and trains on the completion only (sft_trainer.py:961-962)."""
     rng = random.Random(WARM_UP["seed"])
     pairs = [
         {
@@ -320,7 +321,8 @@ def _one_quiet_thread():
     """One torch thread and no dataset progress bars for the warm-up; the process's own settings after it.
 
     One thread: a model this small gains nothing from more, and on a busy two-core machine two threads made a step
-    4-9x slower (0.68-1.66 s against 0.18 s, batch 32 x 100 tokens); the build is then the same on any machine."""
+    4-9x slower (0.68-1.66 s against 0.18 s, batch 32 x 100 tokens), and the thread count no longer enters the
+    float sums."""
     threads, bars_were_off = torch.get_num_threads(), are_progress_bars_disabled()
     torch.set_num_threads(1)
     disable_progress_bars()  # SFTTrainer's dataset preparation; the console says once that it builds
@@ -347,7 +349,7 @@ def warm_up(model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast, prompt:
             report_to="none",
             disable_tqdm=True,
             use_cpu=True,
-            bf16=False,  # SFTConfig's default is bf16 and activation checkpointing: both only slow a tiny fp32 model
+            bf16=False,  # SFTConfig's defaults (trl/trainer/sft_config.py:132-133) only slow a tiny fp32 model
             gradient_checkpointing=False,
             seed=SEED,
             data_seed=SEED,
@@ -355,7 +357,7 @@ def warm_up(model: Qwen3ForCausalLM, tokenizer: PreTrainedTokenizerFast, prompt:
         )
         chats = warm_up_chats(tokenizer, prompt)
         trainer = SFTTrainer(model=model, args=config, train_dataset=chats, processing_class=tokenizer)
-        trainer.remove_callback(PrinterCallback)  # its end-of-training metrics line
+        trainer.remove_callback(PrinterCallback)  # disable_tqdm's line per log (transformers/trainer.py:599)
         trainer.train()
 
 
