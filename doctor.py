@@ -1,7 +1,8 @@
 """The training doctor: watches a GRPO run's logged metrics and says, at the step it happens, what is wrong and what
 to change, with this run's values.
 
-CONDITIONS is the one table of what it watches. A condition is read at every logging step that logs its metrics; it
+CONDITIONS is the one table of what it watches, and `dead_reward_conditions()` adds one condition per reward function
+of `rewards.REWARDS`. A condition is read at every logging step that logs its metrics; it
 starts once it has held for `window` such steps in a row (one noisy point is not a problem) and clears once it has
 not held for `window` steps in a row, and each start and each clearing is reported once.
 
@@ -35,7 +36,8 @@ from atomic import write_atomically
 EXIT_NON_FINITE = 3  # the doctor stopped the run: a NaN or infinite loss, gradient norm or reward
 EXIT_OUT_OF_MEMORY = 4  # torch.OutOfMemoryError in training
 REPORT_FILE = "doctor.json"
-NOT_FINITE = "not finite"  # a Condition.compare, beside ">" and "<"
+NOT_FINITE = "not finite"  # a Condition.compare, beside ">", "<" and "=" (within ZERO of the threshold)
+ZERO = 1e-6  # a reward's std below this is 0: a float32 mean of equal scores can be off by a rounding error
 # The paired change of greedy accuracy since step 0 and the upper end of its 95% interval, which DoctorCallback adds
 # to an evaluation's metrics.
 EVAL_CHANGE = "eval_accuracy_change"
@@ -150,6 +152,12 @@ def rose(functions: tuple, by: float, history: History, window: int) -> str | No
     return None
 
 
+def scored(function, history: History, window: int) -> str | None:
+    """The reward scored the step's completions (its mean is a number), in words with its value."""
+    value = history.latest.get(reward_key(function), math.nan)
+    return f"every completion scored {value:.3g}" if math.isfinite(value) else None
+
+
 def not_rising(key: str, by: float, history: History, window: int) -> str | None:
     """The metric's mean of the last `window` values is at most `by` above its start."""
     if key not in history.latest:
@@ -193,11 +201,14 @@ def kl_limit_advice(args) -> str:
     return f"{raise_kl_coef(args)} and {lower_learning_rate(args)}; look for reward hacking in the text tab"
 
 
+def more_generations(args) -> str:
+    return f"raise num_generations {args.num_generations} -> {2 * args.num_generations}"
+
+
 def no_signal_advice(args) -> str:
-    more = f"raise num_generations {args.num_generations} -> {2 * args.num_generations}"
     return (
-        f"{either(raise_temperature(args), more)}; if rewards/mean stays near 0 the questions are too hard for this "
-        f"model, near 1 too easy"
+        f"{either(raise_temperature(args), more_generations(args))}; if rewards/mean stays near 0 the questions are "
+        f"too hard for this model, near 1 too easy"
     )
 
 
@@ -226,6 +237,39 @@ def hacking_advice(args) -> str:
         f"read the text tab for answers in the right form but wrong; move weight from the format and answer-present "
         f"rewards to correctness (reward_weights now {weights}, in rewards.REWARDS' order) or {raise_kl_coef(args)}"
     )
+
+
+def saturated_advice(function, args) -> str:
+    """Move the weight of a reward every completion earns to correctness, quoting reward_weights now and then."""
+    functions = [reward for reward, _ in rewards.REWARDS]
+    weights = list(args.reward_weights or [weight for _, weight in rewards.REWARDS])
+    wasted = weights[functions.index(function)]
+    if wasted == 0:
+        return "it is saturated, and its weight is 0 already: it costs nothing"
+    now = " ".join(f"{weight:g}" for weight in weights)
+    weights[functions.index(rewards.correctness_reward)] += wasted
+    weights[functions.index(function)] = 0.0
+    then = " ".join(f"{weight:g}" for weight in weights)
+    return (
+        f"it is saturated, so its weight is wasted: move it to correctness, reward_weights {now} -> {then} "
+        f"(in rewards.REWARDS' order)"
+    )
+
+
+def dead_reward_advice(function, history: History, args) -> str:
+    """What to change for a reward stuck at one value: completions too short to earn it, none earning it, or every
+    one earning it (saturated)."""
+    value = history.latest[reward_key(function)]
+    cut = history.latest.get("completions/clipped_ratio", 0.0)
+    if value == 0 and cut > MOST:
+        too_short = f"{cut:.0%} of the completions are cut at max_completion_length, too short to earn it"
+        return f"{too_short}: {clipped_advice(args)}"
+    if value == 0:
+        sample_wider = either(raise_temperature(args), more_generations(args))
+        return f"no completion earns it: read the text tab for what the model writes instead; {sample_wider}"
+    if function is rewards.correctness_reward:
+        return "every completion is right: the questions are too easy for this model, so GRPO learns nothing from them"
+    return saturated_advice(function, args)
 
 
 def accuracy_drop_advice(args) -> str:
@@ -257,7 +301,7 @@ def non_finite_reward_advice(args) -> str:
 class Condition:
     name: str
     measure: Callable[[History, int], Reading | None]  # its metrics, read at one logging step
-    compare: str  # ">", "<" or NOT_FINITE
+    compare: str  # ">", "<", "=" or NOT_FINITE
     threshold: float | None
     window: int  # logging steps in a row it must hold to start, and not hold to clear
     diagnosis: str  # what it means, in one clause
@@ -268,14 +312,19 @@ class Condition:
     def holds(self, value: float) -> bool:
         if self.compare == NOT_FINITE:
             return not math.isfinite(value)
+        if self.compare == "=":
+            return abs(value - self.threshold) < ZERO
         return value > self.threshold if self.compare == ">" else value < self.threshold
 
     def describe(self, reading: Reading) -> str:
         if self.compare == NOT_FINITE:
             return f"{reading}, not finite"
+        if self.compare == "=":
+            return str(reading)  # the value is the threshold
         return f"{reading} {self.compare} {self.threshold:g}"
 
 
+MOST = 0.5  # "most completions": a share above this
 CONDITIONS = (
     Condition(
         name="non_finite_loss",
@@ -325,7 +374,7 @@ CONDITIONS = (
     Condition(
         name="repeated_answer_line",
         measure=partial(level, "completions/clipped_ratio"),
-        compare=">", threshold=0.5, window=3,
+        compare=">", threshold=MOST, window=3,
         guard=partial(rose, (rewards.format_reward,), 0.1),
         diagnosis="most completions run to the length limit while the format reward rises",
         advice=repeated_line_advice,
@@ -356,6 +405,24 @@ CONDITIONS = (
 )  # fmt: skip
 
 
+def dead_reward_conditions(history: History) -> tuple[Condition, ...]:
+    """`dead_<reward>` for each reward function of rewards.REWARDS as it is now (a run may add one): its within-step
+    std is 0 for 5 logging steps while it scores completions. A reward that is the same for every completion of a
+    group adds nothing to GRPO's advantages; TRL logs every reward's std (grpo_trainer.py:2824-2825). The advice
+    reads the doctor's history, for the reward's value and the share of cut completions."""
+    return tuple(
+        Condition(
+            name=f"dead_{function.__name__}",
+            measure=partial(level, reward_key(function, "std")),
+            compare="=", threshold=0.0, window=5,
+            guard=partial(scored, function),
+            diagnosis="the reward is the same for every completion, so it adds nothing to the advantages",
+            advice=partial(dead_reward_advice, function, history),
+        )
+        for function, _ in rewards.REWARDS
+    )  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The logic: a stream of metric dicts in, events out
 
@@ -381,11 +448,11 @@ class Event:
 class Doctor:
     """The conditions' states over a stream of logged metrics: observe() takes one logging step, returns its events."""
 
-    def __init__(self, args, conditions: tuple[Condition, ...] = CONDITIONS):
+    def __init__(self, args, conditions: tuple[Condition, ...] | None = None):
         self.args = args
-        self.conditions = conditions
         self.history = History()
-        self.streak = dict.fromkeys((condition.name for condition in conditions), 0)  # readings against the state
+        self.conditions = CONDITIONS + dead_reward_conditions(self.history) if conditions is None else conditions
+        self.streak = dict.fromkeys((condition.name for condition in self.conditions), 0)  # readings against the state
         self.active: dict[str, Event] = {}  # condition name -> the event that started it
         self.events: list[Event] = []
 

@@ -357,7 +357,7 @@ def main(argv: list[str]) -> int:
     try:
         run = read_settings(argv)
         if run.script.smoke:
-            smoke.build_assets()
+            smoke.build_assets(PROMPT)
         if run.script.adapter and not (run.script.eval_only and settings.is_run_folder(run.script.adapter)):
             adapters.check(run)  # a run folder's checkpoints are checked by checkpoints.check_run
         if run.script.merge:

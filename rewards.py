@@ -255,34 +255,51 @@ def _last_number(text: str) -> str | None:
     return _answer_of(last) if last is not None and last.end() == end else None
 
 
-_FINDERS = (_after_hash_marker, _in_last_box, _after_answer_phrase, _last_number)
+# The forms in which a completion states its final answer in so many words, in the order they are looked for.
+_STATEMENTS = (_after_hash_marker, _in_last_box, _after_answer_phrase)
 
 
-def _stated_answer(text: str) -> str | None:
-    for finder in _FINDERS:
+def _first_answer(text: str, finders: tuple) -> str | None:
+    for finder in finders:
         answer = finder(text)
         if answer is not None:
             return answer
     return None
 
 
-def extract_answer(text: str) -> str | None:
-    """The normalised final answer a completion states, or None when it states none.
-
-    Looks, in this order, for: the last "####" marker (the number on its line); the last
-    ``\\boxed{...}``; the last "answer is N" / "Answer: N" phrase; the last number in the text.
-    Each rule takes the last statement, so a corrected answer wins. When the completion has a
-    ``<think>...</think>`` block, the text after the block is read first and the whole text only
-    if that states nothing.
-    """
+def _answer(text: object, finders: tuple) -> str | None:
+    """The first answer the finders read, in the text after a ``</think>`` first, then in all of it."""
     if not isinstance(text, str):
         return None
     think_end = text.rfind("</think>")
     if think_end != -1:
-        answer = _stated_answer(text[think_end + len("</think>") :])
+        answer = _first_answer(text[think_end + len("</think>") :], finders)
         if answer is not None:
             return answer
-    return _stated_answer(text)
+    return _first_answer(text, finders)
+
+
+def stated_answer(text: str) -> str | None:
+    """The normalised final answer a completion states in so many words, or None.
+
+    The forms, in this order: the last "####" marker (the number on its line); the last
+    ``\\boxed{...}``; the last "answer is N" / "Answer: N" phrase. Each takes the last statement,
+    so a corrected answer wins. When the completion has a ``<think>...</think>`` block, the text
+    after the block is read first and the whole text only if that states nothing. A number that
+    merely comes last is no statement: see ``extract_answer``.
+    """
+    return _answer(text, _STATEMENTS)
+
+
+def extract_answer(text: str) -> str | None:
+    """The normalised final answer a completion gives, or None when it gives none: its
+    ``stated_answer``, else the last number in the text.
+
+    The fallback is for grading: a model that ends "... so she has 18 eggs left." is right, and
+    counting it wrong would understate its accuracy. It is no evidence that the completion states
+    an answer, which is why ``answer_present_reward`` reads ``stated_answer`` instead.
+    """
+    return _answer(text, (*_STATEMENTS, _last_number))
 
 
 def is_formatted(text: str) -> bool:
@@ -516,13 +533,29 @@ def reasoning_reward(completions: list, **kwargs) -> list[float]:
     return [_reasoning_score(completion_text(c)) for c in completions]
 
 
-def answer_present_reward(completions: list, **kwargs) -> list[float]:
-    """1.0 when the completion states a final answer that ``extract_answer`` can read."""
-    return [float(extract_answer(completion_text(c)) is not None) for c in completions]
+def answer_present_reward(
+    completions: list, completion_ids: list | None = None, stop_token_ids: frozenset = frozenset(), **kwargs
+) -> list[float]:
+    """1.0 when the completion states a final answer (see ``stated_answer``: "#### N", a last
+    ``\\boxed{N}``, "the answer is N") and was not cut at max_completion_length.
+
+    It is the step between writing something and writing ``#### N``, so it pays for a statement,
+    not for a number that happens to come last: nearly every completion mentions a number, and a
+    reward that every completion earns adds nothing to GRPO's advantages. A cut completion stopped
+    before its answer, whatever it said so far. ``correctness_reward`` keeps the last-number
+    fallback: an answer in plain prose can still be right.
+    """
+    cut = _cut_at_limit(completion_ids, stop_token_ids, len(completions))
+    return [
+        float(stated_answer(completion_text(c)) is not None and not was_cut) for c, was_cut in zip(completions, cut)
+    ]
 
 
 def correctness_reward(completions: list, ground_truth: list, **kwargs) -> list[float]:
-    """1.0 when the stated answer equals the reference answer exactly (see ``answers_match``).
+    """1.0 when the answer equals the reference answer exactly (see ``answers_match``).
+
+    The answer is ``extract_answer``'s, last-number fallback included, and a cut completion is
+    scored on its text: this reward measures being right, the form rewards measure the form.
 
     ``ground_truth`` is the dataset column of the same name, holding either parsed answers
     ("72") or whole GSM8K solutions ("... #### 72"). A missing entry scores 0.0.
@@ -547,7 +580,7 @@ REWARDS = (
 
 def reward_functions(stop_token_ids) -> list:
     """REWARDS' functions as a trainer hands them to TRL, each bound to the ids a finished completion
-    ends in, so that one that pays nothing for a cut completion tells it from ``completion_ids``.
+    ends in, so that those that pay nothing for a cut completion tell it from ``completion_ids``.
 
     A ``functools.partial`` keeps the function's name in TRL's metrics (TRL 1.16's ``get_callable_name``
     unwraps it, trl/trainer/utils.py:236-244) and pickles like the function.

@@ -357,7 +357,7 @@ def main(argv: list[str]) -> int:
         print(f"step_time.py: error: --model-size {options.model_size} needs a CUDA GPU: on the CPU its steps "
               f"would take hours (use --model-size smoke)", file=sys.stderr)  # fmt: skip
         return 2
-    smoke.build_assets()
+    smoke.build_assets(grpotrainer.PROMPT)
     if options.model_size != "smoke":
         build_random_qwen3(options.model_size)
     host = machine()

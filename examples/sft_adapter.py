@@ -35,7 +35,7 @@ def solutions(split_file: Path):
 
 
 def train_sft_adapter(out: Path, steps: int) -> None:
-    smoke.build_assets()
+    smoke.build_assets(grpotrainer.PROMPT)
     model = str(smoke.SMOKE_DIR / "model")
     config = SFTConfig(
         output_dir=str(out),

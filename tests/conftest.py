@@ -11,6 +11,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import grpotrainer
+import smoke
 
 REPO = Path(__file__).resolve().parents[1]
 GSM8K = REPO.parent / "shared" / "data" / "gsm8k"
@@ -43,6 +44,14 @@ def tensorboard_log(run_dir: Path) -> EventAccumulator:
 def scalars(run_dir: Path) -> dict[str, list[float]]:
     log = tensorboard_log(run_dir)
     return {tag: [event.value for event in log.Scalars(tag)] for tag in log.Tags()["scalars"]}
+
+
+@pytest.fixture(scope="session")
+def smoke_assets() -> Path:
+    """The --smoke model and data under smoke.SMOKE_DIR, built once (the model's warm-up takes about a minute) and
+    reused by every test and script run after it."""
+    smoke.build_assets(grpotrainer.PROMPT)
+    return smoke.SMOKE_DIR
 
 
 @pytest.fixture(scope="session")

@@ -59,8 +59,8 @@ def test_bad_adapters_are_one_line_and_exit_2_before_any_weights_load(capsys, tm
         ),
         "another_base_that_does_not_fit": (
             ["--adapter", adapter_for_a_wider_model(tmp_path), "--allow_other_base", "true"],
-            "is an adapter for another base: it does not fit the model: model.layers.0.mlp.down_proj has 128 inputs, "
-            "the adapter's 64",
+            "is an adapter for another base: it does not fit the model: model.layers.0.mlp.down_proj has "
+            f"{smoke.MODEL_CONFIG['intermediate_size']} inputs, the adapter's 64",  # down_proj reads the MLP's width
         ),
         "conflicting_rank": (
             ["--adapter", sft_adapter, "--lora_r", 16],
@@ -96,7 +96,7 @@ def test_lora_settings_that_agree_with_the_adapter_are_accepted_and_the_adapters
 def test_all_linear_on_the_command_line_agrees_with_an_adapter_on_every_linear_layer(tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    smoke.build_assets()
+    smoke.build_assets(grpotrainer.PROMPT)
     base = grpotrainer.loading.AutoModelForCausalLM.from_pretrained(smoke.SMOKE_DIR / "model")
     get_peft_model(base, LoraConfig(r=16, target_modules="all-linear")).save_pretrained(tmp_path / "all")
     run = grpotrainer.read_settings(["--smoke", "--adapter", str(tmp_path / "all"), "--lora_target_modules", "all-linear"])  # fmt: skip

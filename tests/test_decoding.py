@@ -35,7 +35,7 @@ class GraphCounts(TrainerCallback):
 @pytest.fixture(scope="module")
 def compiled_run(tmp_path_factory):
     """A --smoke trainer (4-bit NF4 + LoRA) with compiled decoding, trained 3 steps with an evaluation after each."""
-    smoke.build_assets()
+    smoke.build_assets(grpotrainer.PROMPT)
     out = tmp_path_factory.mktemp("compiled") / "run"
     run = grpotrainer.read_settings([
         "--smoke", "--compile_decoding", "true", "--max_steps", "3", "--eval_steps", "1", "--logging_steps", "1",

@@ -57,7 +57,7 @@ def test_kl_warning_waits_for_its_window_ignores_a_spike_and_reports_each_change
     started = run.events[0]
     assert started.message == (
         "doctor: step 7: kl_warning: objective/kl 14 > 10 for 3 logging steps: the policy is drifting from the base "
-        "model -> raise kl_coef 0.05 -> 0.1 or lower learning_rate 0.005 -> 0.0025"
+        "model -> raise kl_coef 0.05 -> 0.1 or lower learning_rate 0.001 -> 0.0005"
     )
     assert (started.value, started.threshold, started.window) == (14, 10, 3)
 
@@ -92,7 +92,7 @@ def test_no_learning_signal_needs_five_steps_of_alike_scores_and_a_flat_reward(a
 def test_clipped_completions_advice_depends_on_thinking(args):
     run, events = feed(args, series("completions/clipped_ratio", [0.1, 0.5, 0.6, 0.7, 0.1, 0.0, 0.0]))
     assert events == [(4, "clipped_completions", "started"), (7, "clipped_completions", "cleared")]
-    assert run.events[0].advice == "raise max_completion_length 16 -> 32 (thinking is off)"
+    assert run.events[0].advice == "raise max_completion_length 48 -> 96 (thinking is off)"
     args.chat_template_kwargs = {"enable_thinking": True}
     run, _ = feed(args, series("completions/clipped_ratio", [0.5] * 3))
     assert run.events[0].advice.startswith("turn thinking off (enable_thinking true -> false")
@@ -147,6 +147,60 @@ def test_reward_hacking_reads_the_reward_names_from_rewards(args, monkeypatch):
     assert "while rewards/final_line_reward/mean rose from 0.1 to 0.8" in run.events[0].message
 
 
+def reward_steps(name: str, means: list[float], stds: list[float], clipped: float = 0.0) -> list[dict]:
+    return [
+        {f"rewards/{name}/mean": m, f"rewards/{name}/std": s, "completions/clipped_ratio": clipped}
+        for m, s in zip(means, stds, strict=True)
+    ]
+
+
+def test_a_reward_at_one_for_every_completion_is_dead_and_its_weight_goes_to_correctness(args):
+    run, events = feed(args, reward_steps("answer_present_reward", [1.0] * 7, [0.0] * 7))
+    assert events == [(5, "dead_answer_present_reward", "started")]
+    assert run.events[0].message == (
+        "doctor: step 5: dead_answer_present_reward: rewards/answer_present_reward/std 0 for 5 logging steps, while "
+        "every completion scored 1: the reward is the same for every completion, so it adds nothing to the advantages "
+        "-> it is saturated, so its weight is wasted: move it to correctness, reward_weights 0.2 0.2 0.2 0.4 -> "
+        "0.2 0.2 0 0.6 (in rewards.REWARDS' order)"
+    )
+    assert (run.events[0].value, run.events[0].threshold) == (0.0, 0.0)
+
+
+def test_a_reward_at_zero_because_completions_are_cut_points_at_the_length_fix(args):
+    run, events = feed(args, reward_steps("format_reward", [0.0] * 5, [0.0] * 5, clipped=0.94))
+    assert events[-1] == (5, "dead_format_reward", "started")
+    assert run.events[-1].advice == (
+        "94% of the completions are cut at max_completion_length, too short to earn it: raise max_completion_length "
+        "48 -> 96 (thinking is off)"
+    )
+    run, _ = feed(args, reward_steps("format_reward", [0.0] * 5, [0.0] * 5, clipped=0.1))
+    assert run.events[-1].advice == (
+        "no completion earns it: read the text tab for what the model writes instead; raise num_generations 8 -> 16"
+    )
+
+
+def test_a_reward_that_varies_now_and_then_is_alive_and_a_dead_one_clears(args):
+    stds = [0.0, 0.0, 0.0, 0.0, 0.3, 0.0, 0.0, 0.0, 0.0]
+    assert feed(args, reward_steps("correctness_reward", [0.0] * 9, stds))[1] == []  # 4 in a row at most
+    revived = reward_steps("reasoning_reward", [0.5] * 5 + [0.4] * 5, [0.0] * 5 + [0.2] * 5)
+    assert feed(args, revived)[1] == [(5, "dead_reasoning_reward", "started"), (10, "dead_reasoning_reward", "cleared")]
+    unscored = [{"rewards/reasoning_reward/std": 0.0, "rewards/reasoning_reward/mean": None}] * 6  # all NaN
+    assert "dead_reasoning_reward" not in [event[1] for event in feed(args, unscored)[1]]
+
+
+def test_the_dead_reward_rule_watches_every_reward_of_rewards_rewards(args, monkeypatch):
+    def length_reward(completions, **kwargs):
+        return [1.0] * len(completions)
+
+    monkeypatch.setattr(rewards, "REWARDS", rewards.REWARDS + ((length_reward, 0.0),))
+    args.reward_weights = [weight for _, weight in rewards.REWARDS]  # as settings.py makes them
+    names = [condition.name for condition in doctor.Doctor(args).conditions if condition.name.startswith("dead_")]
+    assert names == [f"dead_{function.__name__}" for function, _ in rewards.REWARDS]
+    run, events = feed(args, reward_steps("length_reward", [1.0] * 5, [0.0] * 5))
+    assert events == [(5, "dead_length_reward", "started")]
+    assert run.events[0].advice == "it is saturated, and its weight is 0 already: it costs nothing"
+
+
 def test_eval_accuracy_drop_needs_the_paired_interval_below_zero(args):
     drop = {"eval_accuracy": 0.3, doctor.EVAL_CHANGE: -0.2, doctor.EVAL_CHANGE_HIGH: -0.05}
     noise = {"eval_accuracy": 0.45, doctor.EVAL_CHANGE: -0.05, doctor.EVAL_CHANGE_HIGH: 0.04}
@@ -185,7 +239,7 @@ def test_out_of_memory_message_lists_the_remedies_cheapest_first_with_the_run_va
     assert doctor.out_of_memory_message(training_args, model_args, step=0) == (
         "doctor: out of GPU memory at step 0; remedies, cheapest first: num_generations 8 -> 4; "
         "per_device_train_batch_size 16 -> 8 with gradient_accumulation_steps 1 -> 2 (the same batch); "
-        "gradient_checkpointing false -> true; load_in_4bit true (on already); max_completion_length 16 -> 8; "
+        "gradient_checkpointing false -> true; load_in_4bit true (on already); max_completion_length 48 -> 24; "
         "if it ran out while evaluating: per_device_eval_batch_size 16 -> 8"
     )
 
@@ -194,12 +248,12 @@ def test_out_of_memory_in_the_worst_case_step_names_it_with_the_same_remedies(se
     training_args, model_args = settings
     message = doctor.out_of_memory_message(training_args, model_args, step=0, worst_case=True)
     assert message.startswith(
-        "doctor: out of GPU memory in the worst-case step before step 1 (the longest prompts, every completion 16 "
+        "doctor: out of GPU memory in the worst-case step before step 1 (the longest prompts, every completion 48 "
         "tokens long); remedies, cheapest first: num_generations 8 -> 4; "
     )
     in_training = doctor.out_of_memory_message(training_args, model_args, step=0).split("; remedies")[1]
     assert in_training.startswith(message.split("; remedies")[1])  # the same, less evaluation's: the step trains
-    assert message.endswith("max_completion_length 16 -> 8")
+    assert message.endswith("max_completion_length 48 -> 24")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -305,6 +359,20 @@ def test_tiny_max_completion_length_is_reported_in_the_console_report_and_tensor
     assert text.step == 3 and text.tensor_proto.string_val[0].decode() == started
 
 
+def test_completions_too_short_to_state_an_answer_are_reported_as_dead_form_rewards(tmp_path):
+    """At 8 tokens the warm smoke model is cut before any answer line: the form rewards are 0 on every completion,
+    and the doctor says it is the length."""
+    result = run("--max_completion_length", 8, "--max_steps", 5, *QUIET, "--output_dir", tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    dead = {line.split(": ")[2]: line for line in doctor_lines(result) if ": dead_" in line and "summary" not in line}
+    for function in (rewards.format_reward, rewards.answer_present_reward):
+        line = dead[f"dead_{function.__name__}"]
+        assert line.startswith(f"doctor: step 5: dead_{function.__name__}: {doctor.reward_key(function, 'std')} 0 ")
+        assert "while every completion scored 0" in line
+        assert line.endswith("of the completions are cut at max_completion_length, too short to earn it: raise "
+                             "max_completion_length 8 -> 16 (thinking is off)")  # fmt: skip
+
+
 def test_near_greedy_sampling_is_reported_as_no_learning_signal(tmp_path):
     """Two completions for each of 16 questions a step: the tiny model's near-tied tokens still split a question's
     pair now and then, and 16 questions keep a split or two from pulling a step's share down to 0.8."""
@@ -316,7 +384,8 @@ def test_near_greedy_sampling_is_reported_as_no_learning_signal(tmp_path):
     assert no_signal.startswith("doctor: step 5: no_learning_signal: frac_reward_zero_std ")
     assert "-> raise temperature 0.01 -> 1.0 or raise num_generations 2 -> 4" in no_signal
     events = json.loads((tmp_path / "doctor.json").read_text())["events"]
-    assert {"step": 5, "condition": "no_learning_signal", "state": "started"}.items() <= events[-1].items()
+    no_signal_events = [event for event in events if event["condition"] == "no_learning_signal"]  # dead_<reward> too
+    assert {"step": 5, "condition": "no_learning_signal", "state": "started"}.items() <= no_signal_events[-1].items()
 
 
 def test_a_nan_reward_stops_the_run_with_a_checkpoint_and_exit_code_3(tmp_path):
@@ -359,15 +428,12 @@ def test_out_of_memory_in_the_worst_case_step_stops_the_run_before_step_1_with_t
     assert "step 1/2:" not in result.stdout and "Traceback" not in result.stderr
 
 
-def test_a_normal_smoke_run_raises_only_the_alarm_that_is_true_of_it(smoke_run):
-    """The smoke preset's 16 tokens cut nearly every completion of the tiny model: that is the one true alarm."""
+def test_a_normal_smoke_run_raises_no_alarm(smoke_run):
+    """The warm smoke model finishes its completions within the preset's 48 tokens, and each reward differs between
+    them: nothing is wrong with the run, and the doctor says so, no dead reward included."""
     out, stdout = smoke_run
-    started, summary = [line for line in stdout.splitlines() if line.startswith("doctor: ")]
-    assert started.startswith("doctor: step 6: clipped_completions: completions/clipped_ratio ")
-    assert started.endswith("-> raise max_completion_length 16 -> 32 (thinking is off)")
-    assert summary == "doctor: summary: clipped_completions started at step 6, still active"
-    report = json.loads((out / "doctor.json").read_text())
-    assert [(e["step"], e["condition"], e["state"]) for e in report["events"]] == [
-        (6, "clipped_completions", "started")
+    assert [line for line in stdout.splitlines() if line.startswith("doctor: ")] == [
+        "doctor: summary: no condition fired"
     ]
-    assert report["active"] == ["clipped_completions"]
+    report = json.loads((out / "doctor.json").read_text())
+    assert report["events"] == [] and report["active"] == []

@@ -62,7 +62,7 @@ def test_before_and_after_are_compared_from_their_files_only_on_the_same_questio
 @pytest.fixture(scope="module")
 def smoke_model():
     """The smoke model in 4-bit, its tokenizer, 8 test questions and the --eval_only settings."""
-    smoke.build_assets()
+    smoke.build_assets(grpotrainer.PROMPT)
     run = grpotrainer.read_settings(["--smoke", "--eval_only", "--eval_samples", "8"])
     model = loading.load_model(run.model, run.training)
     tokenizer = loading.load_tokenizer(run.model, run.training)

@@ -16,6 +16,7 @@ import yaml
 from conftest import ENV, REPO, error_line, run_script, scalars, tensorboard_log
 from transformers import AutoModelForCausalLM
 
+import doctor
 import evaluation
 import grpotrainer
 import loading
@@ -58,10 +59,26 @@ def test_a_bad_input_is_the_only_line_on_stderr():
     assert result.stderr.strip() == "grpotrainer.py: error: max_steps must be a positive number of steps, or -1 to train num_train_epochs, not -5"  # fmt: skip
 
 
+def first_and_last_ten_steps(run: Path, tag: str) -> tuple[float, float]:
+    """A metric's mean over the first and the last 10 of the smoke run's 80 steps (5 logging steps each)."""
+    values = scalars(run)[f"train/{tag}"]
+    return sum(values[:5]) / 5, sum(values[-5:]) / 5
+
+
+def assert_learns_to_state_its_answer_as_asked(run: Path) -> None:
+    """What GRPO teaches the warm smoke model: its share of completions ending in the prompt's `#### N` line rises
+    (0.43 -> 0.75 in the README's run), stated answers with it, and so the total reward (0.29 -> 0.37). It cannot
+    learn arithmetic in 80 steps: correctness and reasoning are not asserted."""
+    first, last = first_and_last_ten_steps(run, doctor.reward_key(rewards.format_reward))
+    assert last > first + 0.15, (run, first, last)
+    first, last = first_and_last_ten_steps(run, doctor.reward_key(rewards.answer_present_reward))
+    assert last > first, (run, first, last)
+    first, last = first_and_last_ten_steps(run, "rewards/mean")
+    assert last > first + 0.03, (run, first, last)
+
+
 def test_smoke_run_visibly_learns(smoke_run):
-    mean = scalars(smoke_run[0])["train/rewards/mean"]
-    first, last = sum(mean[:5]) / 5, sum(mean[-5:]) / 5  # the first and last 10 of 80 steps
-    assert last > first + 0.05, mean
+    assert_learns_to_state_its_answer_as_asked(smoke_run[0])
 
 
 def test_smoke_run_with_compiled_decoding_learns_as_the_eager_one(smoke_run, tmp_path):
@@ -70,8 +87,7 @@ def test_smoke_run_with_compiled_decoding_learns_as_the_eager_one(smoke_run, tmp
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "compiled decoding: static KV cache of " in result.stdout
     for run in (smoke_run[0], out):
-        mean = scalars(run)["train/rewards/mean"]
-        assert sum(mean[-5:]) / 5 > sum(mean[:5]) / 5 + 0.05, (run, mean)  # the first and last 10 of 80 steps
+        assert_learns_to_state_its_answer_as_asked(run)
     summary = json.loads((out / "eval" / "step-80" / "eval_summary.json").read_text())
     assert summary["generation"].endswith(", compiled decoding")
 
@@ -101,7 +117,8 @@ def test_smoke_run_measures_accuracy_before_and_after(smoke_run):
     after = [json.loads(line) for line in (out / "eval" / "step-80" / "eval_results.jsonl").open()]
     assert comparison["before"] == sum(r["correct"] for r in before) / len(before)
     assert comparison["after"] == sum(r["correct"] for r in after) / len(after)
-    assert "before 0.0% -> after" in stdout and "the interval" in stdout
+    line = f"before {comparison['before']:.1%} -> after {comparison['after']:.1%} on 16 test questions: "
+    assert line in stdout and "the interval" in stdout  # the warm model may solve a question before training
 
 
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2")
@@ -493,12 +510,12 @@ def test_eval_only_bad_input_is_one_line_and_exit_2(capsys, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_the_trainer_tells_format_reward_which_completions_were_cut(tmp_path):
+def test_the_trainer_tells_the_form_rewards_which_completions_were_cut(tmp_path):
     import grpotrainer
 
     run = grpotrainer.read_settings(["--smoke", "--num_generations", "2", "--per_device_train_batch_size", "2",
                                      "--report_to", "none", "--output_dir", str(tmp_path / "run")])  # fmt: skip
-    smoke.build_assets()
+    smoke.build_assets(grpotrainer.PROMPT)
     trainer = grpotrainer.build_trainer(run, grpotrainer.load_inputs(run))
     tokenizer = trainer.processing_class
     answer = tokenizer("#### 5", add_special_tokens=False)["input_ids"]
@@ -508,6 +525,8 @@ def test_the_trainer_tells_format_reward_which_completions_were_cut(tmp_path):
                                         [answer + [tokenizer.eos_token_id], answer])  # fmt: skip
     column = [function for function, _ in rewards.REWARDS].index(rewards.format_reward)
     assert scores[:, column].tolist() == [1.0, 0.0]  # finished, then cut at the length limit
+    column = [function for function, _ in rewards.REWARDS].index(rewards.answer_present_reward)
+    assert scores[:, column].tolist() == [1.0, 0.0]
     assert trainer.reward_func_names == [function.__name__ for function, _ in rewards.REWARDS]  # the TensorBoard tags
     stops = grpotrainer.stop_token_ids(trainer.model, tokenizer)
     assert stops == {*trainer.eos_token_ids, tokenizer.pad_token_id}  # what TRL itself tells a cut completion by

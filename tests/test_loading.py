@@ -159,7 +159,7 @@ def lora_gradients(run, evaluate_first: bool):
 
 def test_cpu_4bit_lora_gradients_are_the_same_after_an_evaluation():
     """bitsandbytes 0.50 would repack CPU 4-bit weights into a layout without backward after an eval-mode pass."""
-    smoke.build_assets()
+    smoke.build_assets(grpotrainer.PROMPT)
     run = grpotrainer.read_settings(["--smoke"])
     before = lora_gradients(run, evaluate_first=False)
     after = lora_gradients(run, evaluate_first=True)

@@ -44,7 +44,7 @@ def adapter(tmp_path_factory) -> Path:
     peft starts lora_B at zero, and an adapter that changes nothing would pass a merge test that merged nothing."""
     from peft import LoraConfig, get_peft_model
 
-    smoke.build_assets()
+    smoke.build_assets(grpotrainer.PROMPT)
     torch.manual_seed(0)
     model = get_peft_model(base_model(), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
     for name, parameter in model.named_parameters():

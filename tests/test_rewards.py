@@ -29,6 +29,7 @@ from rewards import (
     parse_ground_truth,
     reasoning_reward,
     reward_functions,
+    stated_answer,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -338,20 +339,22 @@ EOS, PAD = 2, 0  # stop-token ids, as a trainer binds them
 FINISHED, CUT = [5, 6, EOS], [5, 6, 7]  # a completion's token ids (TRL's completion_ids), and one cut at the limit
 
 
-def test_format_reward_scores_a_truncated_completion_zero():
+@pytest.mark.parametrize("reward_func", [format_reward, answer_present_reward], ids=lambda f: f.__name__)
+def test_form_rewards_score_a_completion_cut_at_the_length_limit_zero(reward_func):
     text = WORKING + "#### 72"
     ids = [CUT, FINISHED, FINISHED[:-1] + [PAD]]  # the last one ends in padding: it finished
-    assert format_reward([text] * 3, completion_ids=ids, stop_token_ids=frozenset({EOS, PAD})) == [0.0, 1.0, 1.0]
+    assert reward_func([text] * 3, completion_ids=ids, stop_token_ids=frozenset({EOS, PAD})) == [0.0, 1.0, 1.0]
 
 
-def test_format_reward_reads_missing_ids_or_stop_tokens_as_not_truncated():
+@pytest.mark.parametrize("reward_func", [format_reward, answer_present_reward], ids=lambda f: f.__name__)
+def test_form_rewards_read_missing_ids_or_stop_tokens_as_not_cut(reward_func):
     text = WORKING + "#### 72"
     stops = frozenset({EOS})
-    assert format_reward([text, text], completion_ids=[CUT], stop_token_ids=stops) == [0.0, 1.0]
-    assert format_reward([text], completion_ids=[CUT]) == format_reward([text]) == [1.0]  # no stop ids: the text alone
+    assert reward_func([text, text], completion_ids=[CUT], stop_token_ids=stops) == [0.0, 1.0]
+    assert reward_func([text], completion_ids=[CUT]) == reward_func([text]) == [1.0]  # no stop ids: the text alone
 
 
-def test_reward_functions_bind_the_stop_tokens_so_a_cut_completion_earns_no_format_reward():
+def test_reward_functions_bind_the_stop_tokens_so_a_cut_completion_earns_no_form_reward():
     bound = reward_functions([EOS, PAD])
     assert [f.func for f in bound] == REWARD_FUNCS  # the same functions, in REWARDS' order
     text = "16 - 3 - 4 = 9 eggs, 9 * 2 = 18 dollars.\n#### 18"
@@ -359,7 +362,7 @@ def test_reward_functions_bind_the_stop_tokens_so_a_cut_completion_earns_no_form
               for f in bound}  # fmt: skip
     assert scores == {
         "format_reward": [1.0, 0.0], "reasoning_reward": [1.0, 1.0],
-        "answer_present_reward": [1.0, 1.0], "correctness_reward": [1.0, 1.0],
+        "answer_present_reward": [1.0, 0.0], "correctness_reward": [1.0, 1.0],
     }  # fmt: skip
 
 
@@ -523,8 +526,35 @@ def test_correctness_reward_scores_missing_or_malformed_ground_truth_zero():
     assert correctness_reward(["#### 1"], ground_truth=["1", "2"]) == [1.0]
 
 
-def test_answer_present_reward_is_one_when_an_answer_can_be_read():
-    assert answer_present_reward(["so 7", "\\boxed{x}", "no digits", None]) == [1.0, 0.0, 0.0, 0.0]
+def test_answer_present_reward_is_one_when_an_answer_is_stated():
+    stated = ["#### 7", "so \\boxed{7}", "The answer is 7.", "Answer: $7", "<think>7?</think>\nANSWER: 7"]
+    assert answer_present_reward(stated) == [1.0] * len(stated)
+    assert answer_present_reward(["\\boxed{x}", "no digits", None, "####\nthe answer is clear"]) == [0.0] * 4
+
+
+NUMBERS_ONLY = [
+    "so 7",
+    "She sold 48 clips in April and 24 in May",
+    "48 / 2 = 24, 48 + 24 = 72",
+    "She has 3 apples and buys 4 more, so she has 7",
+    "Step 1: 16 - 3 = 13. Step 2: 13 - 4 = 9 eggs, at $2 each",
+    "The answers: 3, 4 and 7",  # "answers" is no answer phrase
+    "####\nshe has 7",  # a marker without a number on its line
+]
+
+
+@pytest.mark.parametrize("text", NUMBERS_ONLY)
+def test_answer_present_reward_pays_nothing_for_a_completion_that_only_mentions_numbers(text):
+    assert score(answer_present_reward, text) == 0.0
+    assert extract_answer(text) is not None  # correctness still reads the last number: it may be right
+
+
+def test_stated_answer_reads_the_forms_extract_answer_tries_before_the_last_number():
+    assert stated_answer("48 / 2 = 24\n#### 72") == extract_answer("48 / 2 = 24\n#### 72") == "72"
+    assert stated_answer("so $\\boxed{\\frac{1}{2}}$ cups") == "0.5"
+    assert stated_answer("The answer is 1,234. Then 5 more.") == "1234"
+    assert stated_answer("she has 18 eggs") is None and extract_answer("she has 18 eggs") == "18"
+    assert stated_answer(None) is None
 
 
 def test_rewards_define_names_order_and_weights_in_one_place():
@@ -801,6 +831,11 @@ def test_format_reward_accepts_every_reference_solution(gsm8k_rows):
 
 
 @needs_gsm8k
+def test_answer_present_reward_pays_every_reference_solution(gsm8k_rows):
+    assert answer_present_reward([row["answer"] for row in gsm8k_rows]) == [1.0] * 8792
+
+
+@needs_gsm8k
 def test_reasoning_reward_credits_nearly_all_reference_solutions(gsm8k_rows):
     # The few exceptions hold real slips in GSM8K ("192*100=$1920") or mixed numbers ("1 1/2").
     scores = reasoning_reward([row["answer"] for row in gsm8k_rows])
@@ -811,6 +846,6 @@ def test_module_exposes_the_interface_the_trainer_uses():
     for name in (
         "REWARDS", "completion_text", "parse_ground_truth", "extract_answer", "answers_match",
         "is_formatted", "format_reward", "reasoning_reward", "answer_present_reward",
-        "correctness_reward", "reward_functions",
+        "correctness_reward", "stated_answer", "reward_functions",
     ):
         assert hasattr(rewards, name), name

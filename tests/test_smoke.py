@@ -8,6 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, LogitsProcessor
 
+import grpotrainer
+import rewards
 import smoke
 
 CHAT = [{"role": "user", "content": "Tom has 3 apples and buys 4 more. How many apples does Tom have?"}]
@@ -16,8 +18,8 @@ OPERATIONS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": oper
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return smoke.build_tiny_model(tmp_path_factory.mktemp("smoke") / "model")
+def model_dir(smoke_assets):
+    return smoke_assets / "model"
 
 
 @pytest.fixture(scope="module")
@@ -161,23 +163,34 @@ def test_every_answer_ends_with_an_integer_and_its_calculator_notes_are_true(dat
 
 
 def test_builds_are_deterministic(tmp_path, model_dir, data_dir):
-    assert folder_bytes(smoke.build_tiny_model(tmp_path / "model")) == folder_bytes(model_dir)
+    assert folder_bytes(smoke.build_tiny_model(tmp_path / "model", grpotrainer.PROMPT)) == folder_bytes(model_dir)
     assert folder_bytes(smoke.write_synthetic_gsm8k(tmp_path / "gsm8k")) == folder_bytes(data_dir)
     other_seed = smoke.write_synthetic_gsm8k(tmp_path / "other", seed=1)
     assert (other_seed / "train.jsonl").read_text() != (data_dir / "train.jsonl").read_text()
 
 
-def test_a_second_call_reuses_a_complete_build(tmp_path, monkeypatch):
-    model_dir = smoke.build_tiny_model(tmp_path / "model")
+def test_a_second_call_reuses_a_complete_build(tmp_path, monkeypatch, model_dir):
     data_dir = smoke.write_synthetic_gsm8k(tmp_path / "gsm8k")
 
     def must_not_rebuild(*args, **kwargs):
         raise AssertionError("rebuilt a complete build")
 
     monkeypatch.setattr(smoke, "build_tokenizer", must_not_rebuild)
+    monkeypatch.setattr(smoke, "warm_up", must_not_rebuild)
     monkeypatch.setattr(smoke, "synthetic_gsm8k_rows", must_not_rebuild)
-    assert smoke.build_tiny_model(tmp_path / "model") == model_dir
+    assert smoke.build_tiny_model(model_dir, grpotrainer.PROMPT) == model_dir
     assert smoke.write_synthetic_gsm8k(tmp_path / "gsm8k") == data_dir
+
+
+def test_a_new_prompt_is_a_new_build(tmp_path, monkeypatch, capsys):
+    """The warm-up asks its questions with the script's prompt, so a model warmed up on another prompt is stale."""
+    warmed_on = []
+    monkeypatch.setattr(smoke, "warm_up", lambda model, tokenizer, prompt: warmed_on.append(prompt))  # no training
+    for prompt in ["Solve: {question}", "Solve: {question}", "Answer this: {question}"]:
+        smoke.build_tiny_model(tmp_path / "model", prompt)
+    assert warmed_on == ["Solve: {question}", "Answer this: {question}"]
+    building = f"--smoke: building the tiny model in {tmp_path / 'model'}: "
+    assert capsys.readouterr().out.count(building) == 2  # the console says why the first run waits
 
 
 def test_an_interrupted_or_different_build_is_redone(tmp_path):
@@ -188,3 +201,51 @@ def test_an_interrupted_or_different_build_is_redone(tmp_path):
     assert len(read_jsonl(data_dir / "test.jsonl")) == 2
     smoke.write_synthetic_gsm8k(tmp_path, n_train=12, n_test=2)
     assert len(read_jsonl(data_dir / "train.jsonl")) == 12
+
+
+# --- the warm-up ------------------------------------------------------------------------------
+
+
+def test_warm_up_chats_are_asked_as_grpo_asks_and_end_in_each_form(tokenizer):
+    chats = smoke.warm_up_chats(tokenizer, grpotrainer.PROMPT)
+    assert len(chats) == smoke.WARM_UP["rows"]
+    first = chats[0]["prompt"]
+    assert first.startswith("<|im_start|>user\n" + grpotrainer.PROMPT.split("{question}")[0])
+    assert first.endswith("<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")  # thinking off, as GRPO's
+    solutions = chats["completion"]
+    assert not any("<<" in text for text in solutions)  # no calculator notes: short enough to finish
+    shares = {
+        name: sum(reward(solutions)) / len(solutions)
+        for name, reward in [("format", rewards.format_reward), ("stated", rewards.answer_present_reward)]
+    }
+    endings = smoke.WARM_UP["endings"]
+    assert shares["format"] == pytest.approx(endings["hash_line"], abs=0.05)
+    assert shares["stated"] == pytest.approx(endings["hash_line"] + endings["phrase"], abs=0.05)
+    false_only = sum(score == 0.0 for score in rewards.reasoning_reward(solutions)) / len(solutions)
+    assert 0.0 < false_only <= smoke.WARM_UP["wrong_share"] + 0.02  # a one-step solution with a wrong result
+
+
+def test_the_warm_model_writes_solutions_whose_form_rewards_differ_within_a_group(model, tokenizer, data_dir):
+    """What GRPO needs to learn: eight samples of one question, at the preset's temperature and length limit, that
+    the rewards score differently. A random model earns none of them; this one finishes most of its answers."""
+    questions = [row["question"] for row in read_jsonl(data_dir / "test.jsonl")[:8]]
+    prompts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": grpotrainer.PROMPT.format(question=q)}],
+                                      tokenize=False, add_generation_prompt=True, enable_thinking=False)
+        for q in questions
+    ]  # fmt: skip
+    batch = encode(tokenizer, prompts)
+    preset = smoke.preset()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        out = model.generate(**batch, do_sample=True, temperature=preset["temperature"], num_return_sequences=8,
+                             max_new_tokens=preset["max_completion_length"])  # fmt: skip
+    ids = out[:, batch["input_ids"].shape[1] :].tolist()
+    texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+    stops = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    cut = sum(row[-1] not in stops for row in ids) / len(ids)
+    assert cut < 0.2, cut
+    for reward in (rewards.format_reward, rewards.answer_present_reward):
+        scores = reward(texts, completion_ids=ids, stop_token_ids=frozenset(stops))
+        groups = [set(scores[i : i + 8]) for i in range(0, len(scores), 8)]
+        assert sum(group == {0.0, 1.0} for group in groups) >= 4, (reward.__name__, groups)

@@ -69,7 +69,7 @@ def lora_weights(model) -> dict[str, torch.Tensor]:
 
 def test_the_step_forces_every_completion_to_the_limit_on_the_longest_prompts_leaving_no_trace(tmp_path, monkeypatch):
     run = grpotrainer.read_settings(["--smoke", "--report_to", "none", "--output_dir", str(tmp_path / "run")])
-    smoke.build_assets()
+    smoke.build_assets(grpotrainer.PROMPT)
     trainer = grpotrainer.build_trainer(run, grpotrainer.load_inputs(run))
     # The end-of-sequence tokens made likely, so that completions left to themselves end at once
     trainer.generation_config.sequence_bias = [[[eos], 20.0] for eos in trainer.eos_token_ids]
@@ -131,7 +131,7 @@ def with_and_without(tmp_path_factory):
 def test_forced_on_it_prints_one_line_and_off_by_default_without_a_gpu(with_and_without):
     lines = [line for line in with_and_without["with"][1].splitlines() if "worst-case step: " in line]
     assert len(lines) == 1
-    assert lines[0].endswith(" s") and "16 completions of 16 tokens on the longest prompts (" in lines[0]
+    assert lines[0].endswith(" s") and "16 completions of 48 tokens on the longest prompts (" in lines[0]
     assert ("worst-case step: " in with_and_without["without"][1]) is torch.cuda.is_available()
     assert "command line: " in with_and_without["with"][1] and "worst_case_check=True" in with_and_without["with"][1]
 
